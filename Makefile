@@ -1,0 +1,44 @@
+# Fresh machine:  make demo   (set up + run the whole pipeline)
+#                 make test   (set up + run the tests)
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+REAL_DATA ?= ../shared/data/fashion
+DEMO_WAREHOUSE ?= warehouse
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+# Every install goes through constraints.txt: otherwise pip pulls numpy 2 through another
+# package and petastorm/pyarrow break at import.
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip "setuptools<70" wheel
+	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt
+	$(PIP) install --quiet -c constraints.txt --no-deps -e .
+	$(PY) -m pip check
+	touch $@
+
+# Runs the pipeline on data/fashion when it exists; otherwise on a synthetic sample.
+demo: setup
+	@if [ -f data/fashion/styles.csv ]; then \
+	  ./spark-submit.sh pipeline data_dir=data/fashion warehouse=$(DEMO_WAREHOUSE); \
+	else \
+	  echo "############################################################################"; \
+	  echo "## data/fashion not found: running on a SMALL SYNTHETIC catalogue instead. ##"; \
+	  echo "## See README 'Getting the data' to run on the real Kaggle catalogue.      ##"; \
+	  echo "############################################################################"; \
+	  $(PY) -m lookbook.synthetic data/synthetic --scale 4 && \
+	  ./spark-submit.sh pipeline data_dir=data/synthetic warehouse=$(DEMO_WAREHOUSE); \
+	fi
+
+test: setup
+	$(PY) -m pytest -ra tests
+
+bench: setup
+	$(PY) bench/ingest.py --data-dir $(REAL_DATA)
+
+clean:
+	rm -rf build dist warehouse data/synthetic .pytest_cache lib/*.egg-info

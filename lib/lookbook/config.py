@@ -1,0 +1,196 @@
+"""The one typed configuration object: YAML file + `key=value` overrides.
+
+Every job receives a `Config`; library functions take plain arguments picked from it.
+Unknown keys are errors that list the valid ones, so a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message says how to fix it."""
+
+
+@dataclass
+class SparkSettings:
+    # None leaves the master to spark-submit's --master (cluster use).
+    master: str | None = "local[*]"
+    app_name: str = "lookbook"
+    driver_memory: str | None = "4g"
+    # Rows per Arrow batch sent to Python workers: small, because rows carry image bytes.
+    arrow_batch_rows: int = 256
+    # Target bytes of input per partition when reading many small files.
+    partition_bytes: int = 32 * 1024 * 1024
+    # What opening one file is worth in bytes when packing files into partitions.
+    file_open_cost_bytes: int = 64 * 1024
+    # Output Parquet files are sized towards this.
+    target_file_bytes: int = 128 * 1024 * 1024
+    shuffle_partitions: int = 8
+    # Passed verbatim as Spark conf (e.g. spark.executor.memory: 8g).
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TensorflowSettings:
+    # Threads per Spark Python worker: workers x threads should not exceed the cores.
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+
+
+@dataclass
+class IngestSettings:
+    # Images are rejected before decoding when either limit is exceeded (decompression bombs,
+    # runaway files). The full-size Kaggle variant is 2400x1800, far below these.
+    max_image_pixels: int = 50_000_000
+    max_file_bytes: int = 64 * 1024 * 1024
+    # Deterministic sample of products by id hash, for laptop runs; 1.0 = everything.
+    sample_fraction: float = 1.0
+
+
+@dataclass
+class ReportSettings:
+    samples_per_class: int = 6
+
+
+@dataclass
+class Config:
+    warehouse: str = "warehouse"
+    data_dir: str = "data/fashion"
+    # Table storage: "delta-rs" (Spark writes Parquet, delta-rs commits; no jars needed) or
+    # "delta-spark" (native format("delta"); needs the delta-spark jars on the classpath).
+    table_engine: str = "delta-rs"
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    tensorflow: TensorflowSettings = field(default_factory=TensorflowSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+
+    @property
+    def reports_dir(self) -> str:
+        return str(Path(self.warehouse) / "reports")
+
+    def table_path(self, name: str) -> str:
+        return str(Path(self.warehouse) / name)
+
+    def validate(self) -> "Config":
+        if self.table_engine not in ("delta-rs", "delta-spark"):
+            raise ConfigError(
+                f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
+        if not 0.0 < self.ingest.sample_fraction <= 1.0:
+            raise ConfigError("ingest.sample_fraction must be in (0, 1]")
+        return self
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every settable dotted key, for error messages and `--help`."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += valid_keys(hint, f"{prefix}{f.name}.")
+        elif _origin(hint) is dict:
+            keys.append(f"{prefix}{f.name}.<any>")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (conf/local.yaml unless given) <- `key=value` overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return _build(Config, raw, "").validate()
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"expected key=value, got {item!r}; valid keys: {', '.join(valid_keys())}")
+    key, value = item.split("=", 1)
+    # YAML scalars: numbers, booleans and null parse as such; everything else stays a string.
+    return key.strip(), yaml.safe_load(value) if value != "" else ""
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node, cls = raw, Config
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+        hint = hints[part]
+        last = i == len(parts) - 1
+        if _origin(hint) is dict and not last:
+            # The rest of the key is one free-form entry, e.g. spark.conf.spark.executor.memory
+            node.setdefault(part, {})[".".join(parts[i + 1:])] = value
+            return
+        if last:
+            node[part] = value
+            return
+        if not dataclasses.is_dataclass(hint):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section; cannot set {key!r}")
+        node = node.setdefault(part, {}) or {}
+        cls = hint
+
+
+def _build(cls: type, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = set(raw) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(prefix + u for u in unknown)}; "
+                          f"valid keys: {', '.join(valid_keys())}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _origin(hint):
+    return typing.get_origin(hint) or hint
+
+
+def _coerce(value: Any, hint, key: str):
+    args = typing.get_args(hint)
+    if _origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if value is None:
+        raise ConfigError(f"{key} must be set (null is not allowed)")
+    if _origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping")
+        return {str(k): str(v) for k, v in value.items()}
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}") from None

@@ -1,0 +1,98 @@
+"""Pictures of the catalogue: class balance, sample images per class, and an HTML page."""
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # jobs run headless
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from pyspark.sql import DataFrame, Window  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from .images import to_rgb  # noqa: E402
+
+
+def class_counts(products: DataFrame, column: str = "master_category") -> pd.DataFrame:
+    """Products per class, largest first; a missing class shows as '(none)'."""
+    counts = (products.groupBy(F.coalesce(F.col(column), F.lit("(none)")).alias("class"))
+              .count().toPandas())
+    return counts.sort_values(["count", "class"], ascending=[False, True]).reset_index(drop=True)
+
+
+def sample_per_class(products: DataFrame, per_class: int,
+                     column: str = "master_category") -> pd.DataFrame:
+    """Up to `per_class` products of each class, the same ones on every run (ordered by a hash
+    of the id, so they are spread over the catalogue rather than the first ids)."""
+    order = Window.partitionBy(column).orderBy(F.xxhash64("product_id"), "product_id")
+    return (products.withColumn("_n", F.row_number().over(order)).filter(F.col("_n") <= per_class)
+            .select("product_id", column, "display_name", "image").toPandas())
+
+
+def plot_class_balance(counts: pd.DataFrame, out_png: str | Path, title: str) -> Path:
+    """Bar charts on a linear and a log scale: on a linear axis the smallest classes vanish."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, log in zip(axes, (False, True)):
+        bars = ax.bar(counts["class"], counts["count"], color="#4472c4")
+        ax.set_yscale("log" if log else "linear")
+        ax.set_title(f"{title} ({'log' if log else 'linear'} scale)")
+        ax.set_ylabel("products")
+        ax.tick_params(axis="x", rotation=35)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        ax.bar_label(bars, labels=[f"{c:,}" for c in counts["count"]], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_samples(samples: pd.DataFrame, out_png: str | Path,
+                 column: str = "master_category") -> Path:
+    """A grid: one row per class, its sample images with their ids."""
+    classes = list(samples[column].fillna("(none)").drop_duplicates().sort_values())
+    per_row = max(1, samples.groupby(column, dropna=False).size().max())
+    fig, axes = plt.subplots(len(classes), per_row, squeeze=False,
+                             figsize=(1.3 * per_row + 1.5, 1.9 * len(classes)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, cls in enumerate(classes):
+        rows = samples[samples[column].fillna("(none)") == cls]
+        axes[r][0].set_title(cls, loc="left", fontsize=9, fontweight="bold")
+        for c, (_, item) in enumerate(rows.iterrows()):
+            axes[r][c].imshow(to_rgb(bytes(item["image"])))
+            axes[r][c].text(0.5, -0.08, str(item["product_id"]), fontsize=7, ha="center",
+                            va="top", transform=axes[r][c].transAxes)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def write_html(out_html: str | Path, title: str, sections: list[tuple[str, object]]) -> Path:
+    """A self-contained page: each section is (heading, PNG path | DataFrame | text)."""
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for heading, content in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(content, pd.DataFrame):
+            parts.append(content.to_html(index=False, escape=True))
+        elif isinstance(content, Path):
+            parts.append(f"<img src='{html.escape(content.name)}' style='max-width:100%'>")
+        else:
+            parts.append(f"<pre>{html.escape(str(content))}</pre>")
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text("\n".join(parts))
+    return out_html
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    out_png.write_bytes(buffer.getvalue())
+    return out_png

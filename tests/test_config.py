@@ -1,0 +1,69 @@
+import pytest
+
+from lookbook.config import ConfigError, DEFAULT_CONFIG, load_config, valid_keys
+
+REPO_CONF = DEFAULT_CONFIG.parent
+
+
+def test_local_config_loads_with_defaults():
+    cfg = load_config()
+    assert cfg.spark.master == "local[*]"
+    assert cfg.warehouse == "warehouse"
+    assert cfg.table_path("products") == "warehouse/products"
+
+
+def test_cluster_config_leaves_master_to_spark_submit():
+    cfg = load_config(REPO_CONF / "cluster.yaml")
+    assert cfg.spark.master is None
+    assert cfg.spark.conf["spark.executor.memory"] == "8g"
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = load_config(None, ["warehouse=/tmp/wh", "spark.arrow_batch_rows=64",
+                             "ingest.sample_fraction=0.25", "spark.master=local[2]",
+                             "spark.conf.spark.executor.memory=2g", "spark.driver_memory=null"])
+    assert cfg.warehouse == "/tmp/wh"
+    assert cfg.spark.arrow_batch_rows == 64
+    assert cfg.ingest.sample_fraction == 0.25
+    assert cfg.spark.master == "local[2]"
+    assert cfg.spark.conf == {"spark.executor.memory": "2g"}
+    assert cfg.spark.driver_memory is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nope=1", "unknown config key 'nope'"),
+    ("spark.nope=1", "unknown config key 'spark.nope'"),
+    ("spark.arrow_batch_rows=many", "spark.arrow_batch_rows must be int"),
+    ("spark.arrow_batch_rows=1.5", "must be int"),
+    ("ingest.sample_fraction=0", "sample_fraction"),
+    ("table_engine=parquet", "table_engine must be"),
+    ("warehouse", "expected key=value"),
+    ("warehouse.x=1", "not a section"),
+    ("warehouse=null", "must be set"),
+])
+def test_bad_overrides_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_key_error_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["ingest.max_pixels=1"])
+    assert "ingest.max_image_pixels" in str(err.value)
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("ingest:\n  max_pixels: 3\n")
+    with pytest.raises(ConfigError, match="ingest.max_pixels"):
+        load_config(conf)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent.yaml")
+
+
+def test_valid_keys_cover_nested_sections():
+    keys = valid_keys()
+    assert {"warehouse", "spark.master", "spark.conf.<any>", "ingest.sample_fraction"} <= set(keys)

@@ -1,0 +1,151 @@
+"""Ingest on a synthetic catalogue with every kind of bad input, and on a slice of the real one."""
+import hashlib
+import os
+
+import pytest
+from pyspark.sql import functions as F
+
+from lookbook.config import load_config
+from lookbook.ingest import ingest_catalogue, read_styles
+from lookbook.steps import ingest as ingest_step
+from lookbook.tables import read_table, table_version
+
+MALFORMED_REAL_IDS = [3413, 3418, 3428, 4854, 23100, 23101, 23103, 23107, 23108, 23109, 23110,
+                      23111, 23112, 23114, 23115, 23116, 23117, 23118, 23124, 23127, 44065, 59768]
+
+
+@pytest.fixture(scope="module")
+def bad_result(spark, bad_catalogue):
+    root, _ = bad_catalogue
+    result = ingest_catalogue(spark, str(root), max_image_pixels=50_000_000,
+                              max_file_bytes=1_000_000)
+    yield result
+    result.release()
+
+
+def test_good_products_all_ingested_and_nothing_else(bad_result, bad_catalogue):
+    _, made = bad_catalogue
+    got = sorted(r[0] for r in bad_result.products.select("product_id").collect())
+    assert got == made["product_ids"]
+    assert bad_result.ingested == len(made["product_ids"])
+
+
+def test_every_bad_input_is_rejected_with_its_reason(bad_result, bad_catalogue):
+    _, made = bad_catalogue
+    rejects = [r.asDict() for r in bad_result.rejects.collect()]
+    for key, fragment in made["rejects"].items():
+        kind, value = key.split(":", 1) if ":" in key else ("source", key)
+        if kind == "id":
+            hits = [r for r in rejects if r["product_id"] == int(value)]
+        elif kind == "line":
+            hits = [r for r in rejects if (r["detail"] or "").startswith(value + ",")]
+        else:
+            hits = [r for r in rejects if r["source"] == value]
+        assert hits, f"no reject for {key}"
+        assert any(fragment in r["reason"] for r in hits), (key, hits)
+
+
+def test_no_input_is_silently_lost(bad_result, bad_catalogue):
+    root, _ = bad_catalogue
+    product_ids = {r[0] for r in bad_result.products.select("product_id").collect()}
+    rejected = {r[0] for r in bad_result.rejects.select("product_id").collect()}
+    line_ids = {int(line.split(",")[0]) for line in (root / "styles.csv").read_text().splitlines()[1:]
+                if line.split(",")[0].isdigit()}
+    file_ids = {int(p.stem) for p in (root / "images").iterdir() if p.stem.isdigit()}
+    assert (line_ids | file_ids) <= (product_ids | rejected)
+    sources = {r[0] for r in bad_result.rejects.select("source").collect()}
+    assert "images/readme.jpg" in sources
+
+
+def test_odd_but_valid_images_keep_format_mode_and_bytes(bad_result, bad_catalogue):
+    root, _ = bad_catalogue
+    rows = bad_result.products.filter(F.col("display_name").startswith("Odd")).collect()
+    modes = {(r["format"], r["mode"]) for r in rows}
+    assert {("PNG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGBA")} <= modes
+    for r in rows:
+        data = (root / r["image_file"]).read_bytes()
+        assert bytes(r["image"]) == data
+        assert r["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (r["width"], r["height"]) == (60, 80)
+
+
+def test_names_with_commas_are_repaired(bad_result):
+    names = {r[0] for r in bad_result.products.select("display_name").collect()}
+    assert "Nike Men, Red, Tee" in names and "Puma, Red Tee" in names
+
+
+def test_summary_counts(bad_result, bad_catalogue):
+    _, made = bad_catalogue
+    assert sum(bad_result.rejects_by_reason.values()) == bad_result.rejects.count()
+    assert sum(bad_result.per_class.values()) == bad_result.ingested
+    assert bad_result.per_class["Home"] == 1
+
+
+def test_step_writes_tables_and_rerun_is_idempotent(spark, bad_catalogue, tmp_path):
+    root, made = bad_catalogue
+    cfg = load_config(None, [f"data_dir={root}", f"warehouse={tmp_path}"])
+    ingest_step(spark, cfg)
+    first = read_table(spark, cfg.table_path("products"))
+    first_rejects = read_table(spark, cfg.table_path("rejects"))
+    assert first.count() == len(made["product_ids"])
+    ingest_step(spark, cfg)
+    assert table_version(cfg.table_path("products")) == 1
+    again = read_table(spark, cfg.table_path("products"))
+    assert again.count() == first.count()
+    assert again.exceptAll(read_table(spark, cfg.table_path("products"), version=0)).count() == 0
+    assert read_table(spark, cfg.table_path("rejects")).exceptAll(first_rejects).count() == 0
+
+
+def test_sample_is_deterministic_and_consistent(spark, bad_catalogue):
+    root, _ = bad_catalogue
+    runs = [ingest_catalogue(spark, str(root), 50_000_000, 1_000_000, sample_fraction=0.5)
+            for _ in range(2)]
+    ids = [sorted(r[0] for r in run.products.select("product_id").collect()) for run in runs]
+    assert ids[0] == ids[1] and 0 < len(ids[0]) < 60
+    for run in runs:
+        run.release()
+
+
+def test_missing_folder_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="styles.csv"):
+        ingest_catalogue(spark, str(tmp_path), 1, 1)
+
+
+# --- the real catalogue --------------------------------------------------------------------
+
+def test_real_styles_csv_parses_every_row_and_repairs_22_names(spark, real_data):
+    styles = read_styles(spark, str(real_data / "styles.csv"))
+    assert styles.count() == 44_441
+    assert styles.filter(F.col("reason").isNotNull()).count() == 0
+    repaired = styles.filter(F.col("product_id").isin(MALFORMED_REAL_IDS)).collect()
+    assert len(repaired) == 22
+    assert all("," in r["display_name"] and r["master_category"] for r in repaired)
+
+
+@pytest.fixture(scope="module")
+def real_slice(real_data, tmp_path_factory):
+    """The 22 malformed rows plus every 150th row, with their images linked, not copied."""
+    root = tmp_path_factory.mktemp("real_slice")
+    (root / "images").mkdir()
+    lines = (real_data / "styles.csv").read_text().splitlines()
+    keep = [lines[0]] + [line for i, line in enumerate(lines[1:])
+                         if i % 150 == 0 or int(line.split(",")[0]) in MALFORMED_REAL_IDS]
+    (root / "styles.csv").write_text("\n".join(keep) + "\n")
+    for line in keep[1:]:
+        pid = line.split(",")[0]
+        os.symlink(real_data / "images" / f"{pid}.jpg", root / "images" / f"{pid}.jpg")
+    return root, len(keep) - 1
+
+
+def test_real_slice_ingests_everything_with_zero_rejects(spark, real_slice):
+    root, n = real_slice
+    result = ingest_catalogue(spark, str(root), 50_000_000, 64 << 20)
+    try:
+        assert result.rejects.count() == 0
+        assert result.ingested == n
+        modes = {r[0] for r in result.products.select("mode").distinct().collect()}
+        assert "RGB" in modes
+        named = result.products.filter(F.col("product_id") == 59768).first()
+        assert "," in named["display_name"]
+    finally:
+        result.release()
