@@ -59,6 +59,20 @@ class IngestSettings:
 
 
 @dataclass
+class FeaturizeSettings:
+    backbone: str = "vgg16"
+    # "imagenet", "random" (NOT pretrained: tests and baselines only) or a weights file path.
+    weights: str = "imagenet"
+    weights_cache: str = "~/.cache/lookbook/weights"
+    # Model input, height x width: the catalogue's images are 80 high, 60 wide.
+    height: int = 80
+    width: int = 60
+    batch_size: int = 64
+    precision: str = "fp32"  # or "bf16" (Keras mixed precision)
+    rows_per_partition: int = 2048
+
+
+@dataclass
 class ReportSettings:
     samples_per_class: int = 6
 
@@ -73,6 +87,7 @@ class Config:
     spark: SparkSettings = field(default_factory=SparkSettings)
     tensorflow: TensorflowSettings = field(default_factory=TensorflowSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
 
     @property
@@ -86,6 +101,8 @@ class Config:
         if self.table_engine not in ("delta-rs", "delta-spark"):
             raise ConfigError(
                 f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
+        if self.featurize.precision not in ("fp32", "bf16"):
+            raise ConfigError("featurize.precision must be 'fp32' or 'bf16'")
         if not 0.0 < self.ingest.sample_fraction <= 1.0:
             raise ConfigError("ingest.sample_fraction must be in (0, 1]")
         return self

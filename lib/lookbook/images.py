@@ -6,6 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 
 
@@ -67,3 +68,13 @@ def to_rgb(data: bytes) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
+
+
+def to_array(data: bytes, height: int, width: int) -> np.ndarray:
+    """RGB pixels as uint8 (height, width, 3). A plain bilinear resize to the model's input
+    size, no padding: the catalogue's photos are almost all one aspect ratio (60x80), and the
+    same rule applies to every image, at training, featurize and query time alike."""
+    img = to_rgb(data)
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)

@@ -11,8 +11,9 @@ from pyspark.sql import functions as F
 
 from . import report as rpt
 from .config import Config
+from .featurize import featurize_products, plan_featurize, prepare_model, settings_match
 from .ingest import format_summary, ingest_catalogue
-from .tables import read_table, write_table
+from .tables import read_table, table_exists, write_table
 
 
 def ingest(spark: SparkSession, cfg: Config) -> str:
@@ -31,6 +32,36 @@ def ingest(spark: SparkSession, cfg: Config) -> str:
           f"{cfg.table_path('rejects')} (version {rejects_version})")
     n_rejects = sum(result.rejects_by_reason.values())
     return f"{result.ingested:,} products, {n_rejects:,} rejects"
+
+
+def featurize(spark: SparkSession, cfg: Config) -> str:
+    f = cfg.featurize
+    spec = prepare_model(spark, f.backbone, f.weights, str(Path(f.weights_cache).expanduser()),
+                         f.height, f.width, f.precision, f.batch_size,
+                         cfg.tensorflow.intra_op_threads)
+    print(f"featurize: {spec.backbone} {spec.height}x{spec.width} {spec.precision}, weights: "
+          f"{spec.weights}, preprocessing: {spec.preprocessing}")
+    features_path = cfg.table_path("features")
+    products = read_table(spark, cfg.table_path("products"))
+    existing = read_table(spark, features_path) if table_exists(features_path) else None
+    todo, keep = plan_featurize(products, existing, spec)
+    new = featurize_products(todo, spec, f.rows_per_partition).persist()
+    n_new = new.count()
+    n_failed = new.filter(F.col("error").isNotNull()).count()
+    kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
+    print(f"featurize: {n_new - n_failed:,} computed, {kept:,} already done, {n_failed:,} failed")
+    if n_new:
+        meta = {"lookbook.job": "featurize", **{f"lookbook.{k}": str(v)
+                                               for k, v in spec.settings().items()}}
+        computed = new.filter(F.col("error").isNull()).drop("error")
+        features = computed if keep is None else keep.unionByName(computed)
+        write_table(features, features_path, metadata=meta)
+        failures = new.filter(F.col("error").isNotNull()).select(
+            "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
+            F.concat_ws(" ", *[F.col(c).cast("string") for c in spec.settings()]).alias("detail"))
+        write_table(failures, cfg.table_path("feature_rejects"), metadata=meta)
+    new.unpersist()
+    return f"{n_new - n_failed:,} computed, {kept:,} already done, {n_failed:,} failed"
 
 
 def report(spark: SparkSession, cfg: Config) -> str:
@@ -54,10 +85,11 @@ def report(spark: SparkSession, cfg: Config) -> str:
 
 STEPS: dict[str, Callable[[SparkSession, Config], str]] = {
     "ingest": ingest,
+    "featurize": featurize,
     "report": report,
 }
 # What `pipeline` runs, in order.
-PIPELINE = ["ingest", "report"]
+PIPELINE = ["ingest", "featurize", "report"]
 
 
 def summary_table(rows: list[tuple[str, float, str]]) -> str:

