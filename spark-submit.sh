@@ -43,6 +43,7 @@ PACKAGE="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli packag
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PYTHON}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PYTHON}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 if [[ "$OPTIONS" == *$'--master\nlocal'* ]]; then
   export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 fi

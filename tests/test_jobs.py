@@ -34,14 +34,17 @@ def test_pipeline_job_end_to_end(tmp_path):
     data, warehouse = tmp_path / "catalogue", tmp_path / "wh"
     made = make_catalogue(data, bad_inputs=True)
     out = submit("pipeline", f"data_dir={data}", f"warehouse={warehouse}", "spark.master=local[2]",
-                 "spark.driver_memory=2g")
+                 "spark.driver_memory=2g", f"featurize.weights_cache={tmp_path / 'weights'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "[1/2] ingest done" in out.stdout and "[2/2] report done" in out.stdout
+    for progress in ("[1/3] ingest done", "[2/3] featurize done", "[3/3] report done"):
+        assert progress in out.stdout
     assert "pipeline summary" in out.stdout
     products = DeltaTable(str(warehouse / "products")).to_pyarrow_table()
     assert sorted(products.column("product_id").to_pylist()) == made["product_ids"]
     rejects = DeltaTable(str(warehouse / "rejects")).to_pyarrow_table()
     assert rejects.num_rows >= len(made["rejects"])
+    features = DeltaTable(str(warehouse / "features")).to_pyarrow_table()
+    assert sorted(features.column("product_id").to_pylist()) == made["product_ids"]
     reports = warehouse / "reports" / "catalogue"
     for name in ("class_balance.png", "samples.png", "index.html"):
         assert (reports / name).stat().st_size > 0
