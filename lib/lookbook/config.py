@@ -14,8 +14,11 @@ from typing import Any
 
 import yaml
 
+from .split import check_fractions
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.yaml"
+CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,48 @@ class FeaturizeSettings:
 
 
 @dataclass
+class SplitSettings:
+    # Fractions of products by a stable hash of their id; test gets the rest (lookbook.split).
+    train: float = 0.8
+    validation: float = 0.1
+    salt: str = ""
+
+
+@dataclass
+class TrainSettings:
+    label: str = "master_category"  # a products table column
+    # "head": dense layers on the features table (frozen base); "finetune": also the last VGG
+    # block, on images (slow on CPU: meant for a GPU or a cluster, or a slice here).
+    mode: str = "head"
+    # Petastorm materialises training data here; "" = file://<warehouse>/_petastorm.
+    # On a cluster use storage every node sees (hdfs://, s3a://, dbfs:/).
+    cache_dir_url: str = ""
+    batch_size: int = 256
+    epochs: int = 40
+    learning_rate: float = 0.001
+    dense_units: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.3
+    class_weights: str = "sqrt"  # none | balanced | sqrt
+    # Early stopping: epochs without a better validation loss; the best weights are kept.
+    patience: int = 5
+    seed: int = 0
+    finetune_learning_rate: float = 0.00001
+    # Finetune trains this backbone layer and every layer after it (VGG16's last block).
+    finetune_from_layer: str = "block5_conv1"
+    finetune_epochs: int = 3
+    # Products (train + validation) used by finetune; 0 = all.
+    finetune_max_products: int = 0
+
+
+@dataclass
+class ModelSettings:
+    # Which trained model evaluate / predict use: a run id under <warehouse>/models, or
+    # "latest" for the last one trained.
+    run_id: str = "latest"
+    batch_size: int = 64
+
+
+@dataclass
 class ReportSettings:
     samples_per_class: int = 6
 
@@ -88,6 +133,9 @@ class Config:
     tensorflow: TensorflowSettings = field(default_factory=TensorflowSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
+    split: SplitSettings = field(default_factory=SplitSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
 
     @property
@@ -105,7 +153,24 @@ class Config:
             raise ConfigError("featurize.precision must be 'fp32' or 'bf16'")
         if not 0.0 < self.ingest.sample_fraction <= 1.0:
             raise ConfigError("ingest.sample_fraction must be in (0, 1]")
+        if self.train.mode not in ("head", "finetune"):
+            raise ConfigError(f"train.mode must be 'head' or 'finetune', not {self.train.mode!r}")
+        if self.train.class_weights not in CLASS_WEIGHT_MODES:
+            raise ConfigError(f"train.class_weights must be one of {CLASS_WEIGHT_MODES}, "
+                              f"not {self.train.class_weights!r}")
+        try:
+            check_fractions(self.split.train, self.split.validation)
+        except ValueError as exc:
+            raise ConfigError(f"split: {exc}") from None
         return self
+
+    @property
+    def models_dir(self) -> str:
+        return str(Path(self.warehouse) / "models")
+
+    @property
+    def petastorm_cache_url(self) -> str:
+        return self.train.cache_dir_url or (Path(self.warehouse).resolve() / "_petastorm").as_uri()
 
 
 def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -201,6 +266,11 @@ def _coerce(value: Any, hint, key: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping")
         return {str(k): str(v) for k, v in value.items()}
+    if _origin(hint) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, e.g. {key}=[256,128]")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     try:
         if hint is bool:
             if isinstance(value, bool):

@@ -1,0 +1,317 @@
+"""The masterCategory classifier: a dense head on the frozen backbone's features, trained
+through the Petastorm feed; optionally fine-tuned with the backbone's last block on images.
+
+The saved artefact is one Keras model, raw RGB image (any size, 0..255) -> class
+probabilities: Resizing (bilinear, antialiased) -> the feature model (preprocessing inside)
+-> head. Beside it, in the run folder, the label list and a JSON of config and metrics; nothing
+else is needed to load and use it (`load_classifier`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .images import to_array
+from .split import split_column
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+RUN_FILE = "run.json"
+LATEST_FILE = "LATEST"
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def with_split(df: DataFrame, train: float, validation: float, salt: str) -> DataFrame:
+    return df.withColumn("split", split_column("product_id", train, validation, salt))
+
+
+def label_list(products: DataFrame, label_column: str) -> list[str]:
+    """Every class present in the catalogue, sorted: the model's outputs, in order. Classes too
+    small to learn (one member) stay in the list, so they are predicted-for and reported."""
+    rows = products.select(label_column).where(F.col(label_column).isNotNull()).distinct()
+    return sorted(r[0] for r in rows.collect())
+
+
+def with_label_index(df: DataFrame, label_column: str, labels: list[str]) -> DataFrame:
+    """`label` (int) = position of the row's class in `labels`; rows without a class dropped."""
+    mapping = F.create_map(*[F.lit(x) for pair in enumerate(labels) for x in pair[::-1]])
+    return df.where(F.col(label_column).isNotNull()).withColumn(
+        "label", mapping[F.col(label_column)].cast("int"))
+
+
+def class_weights(counts: dict[int, int], mode: str) -> dict[int, float]:
+    """Per-class loss weights from training counts. "balanced": n / (k * n_c), every class
+    weighs the same in total; "sqrt": its square root, a gentler push towards small classes;
+    "none": 1. Scaled so that the mean weight per training example is 1 (the learning rate
+    keeps its meaning)."""
+    if mode == "none":
+        return {c: 1.0 for c in counts}
+    power = {"balanced": 1.0, "sqrt": 0.5}.get(mode)
+    if power is None:
+        raise ValueError(f"class weights must be none, balanced or sqrt, not {mode!r}")
+    n, k = sum(counts.values()), len(counts)
+    raw = {c: (n / (k * m)) ** power for c, m in counts.items()}
+    mean = sum(raw[c] * m for c, m in counts.items()) / n
+    return {c: w / mean for c, w in raw.items()}
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def build_head(input_dim: int, n_classes: int, dense_units: list[int], dropout: float,
+               seed: int = 0):
+    """features -> dense layers (ReLU, dropout) -> softmax over the classes."""
+    import keras
+
+    features = keras.Input((input_dim,), name="features")
+    x = features
+    for i, units in enumerate(dense_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        x = keras.layers.Dropout(dropout, seed=seed + i, name=f"dropout_{i}")(x)
+    probabilities = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(features, probabilities, name="head")
+
+
+def assemble_classifier(feature_model, head, height: int, width: int):
+    """Raw RGB images of any size -> class probabilities."""
+    import keras
+
+    images = keras.Input((None, None, 3), dtype="float32", name="images")
+    resized = keras.layers.Resizing(height, width, interpolation="bilinear", antialias=True,
+                                    name="resize")(images)
+    return keras.Model(images, head(feature_model(resized)), name="classifier")
+
+
+def unfreeze_from(feature_model, first_layer: str) -> list[str]:
+    """Make `first_layer` of the backbone and every layer after it trainable; the names."""
+    backbone = next(layer for layer in feature_model.layers if hasattr(layer, "layers"))
+    names = [layer.name for layer in backbone.layers]
+    if first_layer not in names:
+        raise ValueError(f"{backbone.name} has no layer {first_layer!r}; its layers: "
+                         f"{', '.join(names)}")
+    backbone.trainable = True
+    start = names.index(first_layer)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start
+    return names[start:]
+
+
+def fit(model, train_feed, validation_feed, transform, batch_size: int, epochs: int,
+        learning_rate: float, patience: int, seed: int):
+    """Compile and fit through the feed; early stopping on validation loss with the best
+    weights restored. Returns the Keras history dict."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                         restore_best_weights=True)
+    with train_feed.dataset(batch_size, epochs=None, shuffle=True, transform=transform,
+                            seed=seed) as train_ds, \
+            validation_feed.dataset(batch_size, epochs=None, shuffle=False,
+                                    transform=transform) as validation_ds:
+        history = model.fit(
+            train_ds, epochs=epochs, steps_per_epoch=-(-len(train_feed) // batch_size),
+            validation_data=validation_ds,
+            validation_steps=-(-len(validation_feed) // batch_size),
+            callbacks=[stop, epoch_progress()], shuffle=False, verbose=0)
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def feature_batch_transform(weights: dict[int, float]):
+    """Petastorm row batch -> (features, label, sample weight)."""
+    import tensorflow as tf
+
+    table = tf.constant([weights[i] for i in range(len(weights))], dtype=tf.float32)
+
+    def transform(batch):
+        return batch.embedding, batch.label, tf.gather(table, batch.label)
+    return transform
+
+
+def pixel_batch_transform(weights: dict[int, float], height: int, width: int):
+    """Petastorm row batch of raw uint8 pixels -> (images, label, sample weight)."""
+    import tensorflow as tf
+
+    table = tf.constant([weights[i] for i in range(len(weights))], dtype=tf.float32)
+
+    def transform(batch):
+        pixels = tf.io.decode_raw(batch.pixels, tf.uint8)
+        images = tf.cast(tf.reshape(pixels, (-1, height, width, 3)), tf.float32)
+        return images, batch.label, tf.gather(table, batch.label)
+    return transform
+
+
+def epoch_progress():
+    """A callback printing one line per epoch (Keras' bar is unreadable in Spark logs)."""
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
+                             if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            print(f"  epoch {epoch + 1}: {shown} ({time.time() - self.started:.1f} s)",
+                  flush=True)
+    return EpochProgress()
+
+
+# --- the saved artefact ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    run_id: str
+    folder: Path
+    labels: list[str]
+    run: dict  # config, feature settings, history, metrics
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def save_classifier(model, labels: list[str], run: dict, models_dir: str, run_id: str) -> Path:
+    """Write the run folder (model, labels, run JSON) and only then point LATEST at it, so a
+    crash mid-save never leaves LATEST naming a half-written model."""
+    folder = Path(models_dir) / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / MODEL_FILE)
+    (folder / LABELS_FILE).write_text(json.dumps(labels, indent=1))
+    write_run(folder, run)
+    latest = Path(models_dir) / LATEST_FILE
+    partial = latest.with_name(f".{LATEST_FILE}.{os.getpid()}")
+    partial.write_text(run_id + "\n")
+    os.replace(partial, latest)
+    return folder
+
+
+def write_run(folder: Path, run: dict) -> None:
+    (folder / RUN_FILE).write_text(json.dumps(run, indent=1, default=str))
+
+
+def find_run(models_dir: str, run_id: str = "latest") -> TrainedClassifier:
+    """The run folder's labels and record, without loading the model."""
+    models = Path(models_dir)
+    if run_id == "latest":
+        latest = models / LATEST_FILE
+        if not latest.exists():
+            raise FileNotFoundError(f"no trained model under {models}: run the train job first")
+        run_id = latest.read_text().strip()
+    folder = models / run_id
+    if not (folder / MODEL_FILE).exists():
+        known = sorted(p.name for p in models.glob("*") if (p / MODEL_FILE).exists())
+        raise FileNotFoundError(f"no model {run_id!r} under {models}; known runs: {known}")
+    labels = json.loads((folder / LABELS_FILE).read_text())
+    run = json.loads((folder / RUN_FILE).read_text())
+    return TrainedClassifier(run_id, folder, labels, run)
+
+
+def load_model(path: str | Path):
+    """The saved Keras model; importing backbones registers its custom layer."""
+    import keras
+
+    from . import backbones  # noqa: F401  (registers lookbook>Preprocess)
+
+    return keras.saving.load_model(path, compile=False)
+
+
+# --- prediction -----------------------------------------------------------------------------
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def predictions_frame(probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    best = probabilities.argmax(axis=1)
+    return pd.DataFrame({
+        "predicted": [labels[i] for i in best],
+        "probability": probabilities[np.arange(len(best)), best].astype("float32"),
+        "probabilities": list(probabilities.astype("float32")),
+    })
+
+
+PREDICT_SCHEMA = T.StructType([
+    T.StructField("predicted", T.StringType()),
+    T.StructField("probability", T.FloatType()),
+    T.StructField("probabilities", T.ArrayType(T.FloatType())),
+    T.StructField("error", T.StringType()),
+])
+_LOADED: dict[str, object] = {}
+
+
+def cached_classifier(model_path: str, threads: int):
+    """This Python worker's copy of the saved model, loaded on first use."""
+    model = _LOADED.get(model_path)
+    if model is None:
+        import tensorflow as tf
+
+        try:  # only possible before TensorFlow's runtime starts in this process
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass
+        model = _LOADED[model_path] = load_model(model_path)
+    return model
+
+
+def classify_batch(model, images: list[bytes], labels: list[str], height: int, width: int,
+                   batch_size: int) -> pd.DataFrame:
+    """Decode and classify a batch; an image that fails to decode gets an error, not a crash.
+    Images are resized here exactly as featurize resizes them, so the model's own Resizing
+    layer is the identity and predictions match the features the head was trained on."""
+    pixels, errors = [], []
+    for data in images:
+        try:
+            pixels.append(to_array(bytes(data), height, width))
+            errors.append(None)
+        except Exception as exc:  # PIL raises many types for bad data
+            pixels.append(None)
+            errors.append(f"image does not decode for predict: {exc}")
+    good = [i for i, p in enumerate(pixels) if p is not None]
+    out = pd.DataFrame({"predicted": None, "probability": np.nan, "probabilities": None,
+                        "error": errors}, index=range(len(images)))
+    for start in range(0, len(good), batch_size):
+        idx = good[start:start + batch_size]
+        batch = np.stack([pixels[i] for i in idx]).astype("float32")
+        probabilities = np.asarray(model.predict_on_batch(batch), dtype="float32")
+        found = predictions_frame(probabilities, labels)
+        found.index = idx
+        out.loc[idx, ["predicted", "probability"]] = found[["predicted", "probability"]]
+        out.loc[idx, "probabilities"] = pd.Series(found["probabilities"].tolist(), index=idx)
+    return out
+
+
+def classify_images(images: DataFrame, trained: TrainedClassifier, batch_size: int,
+                    threads: int = 1, image_col: str = "image") -> DataFrame:
+    """Adds predicted, probability (of the predicted class), probabilities (per label, in
+    `trained.labels` order) and error, in an iterator pandas UDF with the saved model."""
+    model_path, labels = str(trained.model_path.resolve()), trained.labels
+    height, width = trained.run["input_size"]
+
+    @F.pandas_udf(PREDICT_SCHEMA)
+    def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = cached_classifier(model_path, threads)
+        for content in batches:
+            yield classify_batch(model, list(content), labels, height, width, batch_size)
+
+    out = images.withColumn("_classified", classify(image_col))
+    return out.select(*[c for c in images.columns if c != image_col], "_classified.*")

