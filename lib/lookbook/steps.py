@@ -51,12 +51,13 @@ def feature_spec(spark: SparkSession, cfg: Config) -> FeatureModelSpec:
     f = cfg.featurize
     return prepare_model(spark, f.backbone, f.weights, str(Path(f.weights_cache).expanduser()),
                          f.height, f.width, f.precision, f.batch_size,
-                         cfg.tensorflow.intra_op_threads)
+                         cfg.tensorflow.intra_op_threads, f.layers)
 
 
 def featurize(spark: SparkSession, cfg: Config) -> str:
     spec = feature_spec(spark, cfg)
-    print(f"featurize: {spec.backbone} {spec.height}x{spec.width} {spec.precision}, weights: "
+    print(f"featurize: {spec.backbone} ({spec.layers}) {spec.height}x{spec.width} "
+          f"{spec.precision}, weights: "
           f"{spec.weights}, preprocessing: {spec.preprocessing}")
     features_path = cfg.table_path("features")
     products = read_table(spark, cfg.table_path("products"))
