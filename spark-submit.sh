@@ -37,7 +37,7 @@ if [[ " $* " != *" --conf "* ]]; then
 fi
 
 # Validates the config first: an unknown key fails here, listing the valid ones.
-OPTIONS="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli submit-options "$@")"
+OPTIONS="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli submit-options "$JOB" "$@")"
 mapfile -t SUBMIT_OPTIONS <<< "$OPTIONS"
 PACKAGE="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli package "$ROOT/build/lookbook.zip")"
 

@@ -1,6 +1,6 @@
 """Argument handling shared by every job, and the helpers `spark-submit.sh` calls.
 
-    python -m lookbook.cli submit-options [--conf FILE] [key=value ...]
+    python -m lookbook.cli submit-options JOB [--conf FILE] [key=value ...]
     python -m lookbook.cli package OUT.zip
 """
 from __future__ import annotations
@@ -23,7 +23,16 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a config key; dotted for nested keys")
     args = parser.parse_args(argv)
-    return load_config(args.conf, args.overrides)
+    return load_config(args.conf, [job_shorthand(job, item) for item in args.overrides])
+
+
+# Job arguments that are shorthands for config keys: `similar image=x.jpg` = `similar.image=x.jpg`.
+SHORTHANDS = {"similar": ("image", "product_id", "k")}
+
+
+def job_shorthand(job: str, item: str) -> str:
+    key = item.split("=", 1)[0]
+    return f"{job}.{item}" if key in SHORTHANDS.get(job, ()) else item
 
 
 def run_job(job: str, argv: list[str]) -> None:
@@ -68,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["package"] and len(argv) == 2:
         print(package(argv[1]))
-    elif argv[:1] == ["submit-options"]:
+    elif argv[:1] == ["submit-options"] and len(argv) >= 2:
         try:
-            cfg = parse_job_args("submit-options", argv[1:])
+            cfg = parse_job_args(argv[1], argv[2:])
         except ConfigError as exc:
             sys.exit(f"lookbook: {exc}")
         print("\n".join(submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)))

@@ -121,6 +121,30 @@ class ModelSettings:
 
 
 @dataclass
+class NeighboursSettings:
+    k: int = 5
+    # Vectors per block: a block pair's similarity matrix is block_rows^2 floats (64 MiB at 4096).
+    block_rows: int = 4096
+    # Broadcast all candidates instead of joining block pairs when they fit in this many bytes.
+    broadcast_max_bytes: int = 64 * 1024 * 1024
+    # Candidates must share these products columns with the query, e.g. [gender]; [] = any.
+    same: list[str] = field(default_factory=list)
+    # Leave products with identical image bytes out of each other's neighbours.
+    exclude_same_image: bool = False
+    gallery_per_class: int = 2
+    # The duplicates report: distinct products at least this similar.
+    duplicate_threshold: float = 0.97
+
+
+@dataclass
+class SimilarSettings:
+    # `./spark-submit.sh similar image=photo.jpg` or `product_id=N` (shorthands for these keys).
+    image: str = ""
+    product_id: int = 0
+    k: int = 5
+
+
+@dataclass
 class ReportSettings:
     samples_per_class: int = 6
 
@@ -139,6 +163,8 @@ class Config:
     split: SplitSettings = field(default_factory=SplitSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    neighbours: NeighboursSettings = field(default_factory=NeighboursSettings)
+    similar: SimilarSettings = field(default_factory=SimilarSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
 
     @property

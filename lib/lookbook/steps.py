@@ -16,6 +16,7 @@ from pyspark.sql import types as T
 
 from . import classifier as clf
 from . import report as rpt
+from . import similarity
 from .config import Config
 from .featurize import (FeatureModelSpec, featurize_products, plan_featurize, prepare_model,
                         settings_match)
@@ -300,9 +301,14 @@ STEPS: dict[str, Callable[[SparkSession, Config], str]] = {
     "train": train,
     "evaluate": evaluate,
     "predict": predict,
+    "neighbours": similarity.neighbours,
+    "evaluate_neighbours": similarity.evaluate_neighbours,
+    "duplicates": similarity.duplicates,
+    "similar": similarity.similar,
 }
 # What `pipeline` runs, in order.
-PIPELINE = ["ingest", "featurize", "report", "train", "evaluate", "predict"]
+PIPELINE = ["ingest", "featurize", "report", "train", "evaluate", "predict", "neighbours",
+            "evaluate_neighbours", "duplicates"]
 
 
 def summary_table(rows: list[tuple[str, float, str]]) -> str:
