@@ -24,7 +24,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import numpy as np  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
 from lookbook import classifier as clf  # noqa: E402
@@ -63,13 +62,13 @@ def timed_epochs(head, data, epochs: int, steps: int) -> list[float]:
     return times
 
 
-def fresh_head(dim: int, classes: int, batch_size: int):
+def fresh_head(dim: int, classes: int):
     import keras
 
     keras.utils.set_random_seed(0)
     head = clf.build_head(dim, classes, [256, 128], 0.3)
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                 weighted_metrics=["accuracy"])
+                 metrics=["accuracy"])
     return head
 
 
@@ -89,16 +88,15 @@ def main() -> None:
     rows = rows.persist()
     n = rows.count()
     steps = -(-n // args.batch_size)
-    weights = {i: 1.0 for i in range(classes)}
 
     # numpy baseline: the same rows collected into memory, the same transform's shape of data.
     table = rows.toPandas()
     x = np.stack(table["embedding"]).astype("float32")
     y = table["label"].to_numpy("int32")
-    numpy_ds = (tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y), "float32")))
+    numpy_ds = (tf.data.Dataset.from_tensor_slices((x, y))
                 .shuffle(4 * args.batch_size, seed=0).batch(args.batch_size).repeat()
                 .prefetch(tf.data.AUTOTUNE))
-    numpy_times = timed_epochs(fresh_head(x.shape[1], classes, args.batch_size), numpy_ds,
+    numpy_times = timed_epochs(fresh_head(x.shape[1], classes), numpy_ds,
                                args.epochs, steps)
 
     with tempfile.TemporaryDirectory() as cache:
@@ -106,8 +104,8 @@ def main() -> None:
         feed = Feed(rows, Path(cache).as_uri())
         materialise = time.perf_counter() - started
         with feed.dataset(args.batch_size, epochs=None, shuffle=True,
-                          transform=clf.feature_batch_transform(weights)) as ds:
-            petastorm_times = timed_epochs(fresh_head(x.shape[1], classes, args.batch_size), ds,
+                          transform=clf.feature_batch_transform(None)) as ds:
+            petastorm_times = timed_epochs(fresh_head(x.shape[1], classes), ds,
                                            args.epochs, steps)
         feed.delete()
     spark.stop()

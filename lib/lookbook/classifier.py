@@ -108,20 +108,21 @@ def unfreeze_from(feature_model, first_layer: str) -> list[str]:
 
 
 def fit(model, train_feed, validation_feed, transform, batch_size: int, epochs: int,
-        learning_rate: float, patience: int, seed: int):
+        learning_rate: float, patience: int, seed: int, weights: dict[int, float]):
     """Compile and fit through the feed; early stopping on validation loss with the best
-    weights restored. Returns the Keras history dict."""
+    weights restored. Class weights apply to the training loss only: validation loss and both
+    accuracies are on the natural class distribution, the one the model will meet. Returns
+    the Keras history dict."""
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy",
-                  weighted_metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          restore_best_weights=True)
-    with train_feed.dataset(batch_size, epochs=None, shuffle=True, transform=transform,
-                            seed=seed) as train_ds, \
+    with train_feed.dataset(batch_size, epochs=None, shuffle=True,
+                            transform=transform(weights), seed=seed) as train_ds, \
             validation_feed.dataset(batch_size, epochs=None, shuffle=False,
-                                    transform=transform) as validation_ds:
+                                    transform=transform(None)) as validation_ds:
         history = model.fit(
             train_ds, epochs=epochs, steps_per_epoch=-(-len(train_feed) // batch_size),
             validation_data=validation_ds,
@@ -130,28 +131,28 @@ def fit(model, train_feed, validation_feed, transform, batch_size: int, epochs: 
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-def feature_batch_transform(weights: dict[int, float]):
-    """Petastorm row batch -> (features, label, sample weight)."""
+def feature_batch_transform(weights: dict[int, float] | None):
+    """Petastorm row batch -> (features, label[, sample weight by class])."""
+    return _with_weights(lambda batch: batch.embedding, weights)
+
+
+def pixel_batch_transform(height: int, width: int):
+    """A transform factory like `feature_batch_transform`, for rows of raw uint8 pixels."""
     import tensorflow as tf
 
-    table = tf.constant([weights[i] for i in range(len(weights))], dtype=tf.float32)
-
-    def transform(batch):
-        return batch.embedding, batch.label, tf.gather(table, batch.label)
-    return transform
-
-
-def pixel_batch_transform(weights: dict[int, float], height: int, width: int):
-    """Petastorm row batch of raw uint8 pixels -> (images, label, sample weight)."""
-    import tensorflow as tf
-
-    table = tf.constant([weights[i] for i in range(len(weights))], dtype=tf.float32)
-
-    def transform(batch):
+    def images(batch):
         pixels = tf.io.decode_raw(batch.pixels, tf.uint8)
-        images = tf.cast(tf.reshape(pixels, (-1, height, width, 3)), tf.float32)
-        return images, batch.label, tf.gather(table, batch.label)
-    return transform
+        return tf.cast(tf.reshape(pixels, (-1, height, width, 3)), tf.float32)
+    return lambda weights: _with_weights(images, weights)
+
+
+def _with_weights(inputs, weights: dict[int, float] | None):
+    import tensorflow as tf
+
+    if weights is None:
+        return lambda batch: (inputs(batch), batch.label)
+    table = tf.constant([weights[i] for i in range(len(weights))], dtype=tf.float32)
+    return lambda batch: (inputs(batch), batch.label, tf.gather(table, batch.label))
 
 
 def epoch_progress():

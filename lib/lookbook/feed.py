@@ -11,6 +11,7 @@ import warnings
 from typing import Callable, Iterator
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 # Petastorm 0.13 still uses pyarrow's legacy dataset API: one FutureWarning per call, noise.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
@@ -20,12 +21,16 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastor
 class Feed:
     """A DataFrame materialised for training; `len()` is its row count."""
 
-    def __init__(self, df: DataFrame, cache_dir_url: str):
+    def __init__(self, df: DataFrame, cache_dir_url: str, seed: int = 0):
         from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
         spark = df.sparkSession
         spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_dir_url)
-        self._converter = make_spark_converter(df)
+        # Rows are materialised in random order: Petastorm shuffles only row groups and a
+        # small queue, and a join's output is sorted by id, which correlates with the class
+        # (catalogue ids are allocated in batches). Fed in that order, a head reached 95.6 %
+        # validation accuracy instead of 98.9 %.
+        self._converter = make_spark_converter(df.orderBy(F.rand(seed)))
 
     def __len__(self) -> int:
         return len(self._converter)

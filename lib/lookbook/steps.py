@@ -136,12 +136,12 @@ def train(spark: SparkSession, cfg: Config) -> str:
 
     keras.utils.set_random_seed(t.seed)
     feeds = [Feed(data.where(F.col("split") == part).select("embedding", "label"),
-                  cfg.petastorm_cache_url) for part in ("train", "validation")]
+                  cfg.petastorm_cache_url, t.seed) for part in ("train", "validation")]
     dim = len(data.select("embedding").first()[0])
     head = clf.build_head(dim, len(labels), t.dense_units, t.dropout, t.seed)
     started = time.time()
-    history = clf.fit(head, *feeds, clf.feature_batch_transform(weights), t.batch_size,
-                      t.epochs, t.learning_rate, t.patience, t.seed)
+    history = clf.fit(head, *feeds, clf.feature_batch_transform, t.batch_size,
+                      t.epochs, t.learning_rate, t.patience, t.seed, weights)
     for feed in feeds:
         feed.delete()
     data.unpersist()
@@ -196,10 +196,10 @@ def finetune(spark: SparkSession, cfg: Config, model, feature_model, labels: lis
     print(f"finetune: training {', '.join(unfrozen)} and the head on "
           f"{pixels.count():,} images at learning rate {t.finetune_learning_rate}")
     feeds = [Feed(pixels.where(F.col("split") == part).select("pixels", "label"),
-                  cfg.petastorm_cache_url) for part in ("train", "validation")]
-    history = clf.fit(model, *feeds, clf.pixel_batch_transform(weights, spec.height, spec.width),
+                  cfg.petastorm_cache_url, t.seed) for part in ("train", "validation")]
+    history = clf.fit(model, *feeds, clf.pixel_batch_transform(spec.height, spec.width),
                       min(t.batch_size, 64), t.finetune_epochs, t.finetune_learning_rate,
-                      t.patience, t.seed)
+                      t.patience, t.seed, weights)
     for feed in feeds:
         feed.delete()
     pixels.unpersist()

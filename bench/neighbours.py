@@ -1,0 +1,172 @@
+"""Neighbours benchmark: the Spark job's exact top-5 against FAISS `IndexFlatIP` (exact inner
+product on L2-normalised vectors), same vectors, same cores, in one run.
+
+Sets: the real features table of a warehouse (--warehouse, after featurize), and synthetic
+random vectors (--synthetic 50000 200000, dimension --dim 512).
+Prints for each: seconds of each, ratio Spark / FAISS (target <= 1.5), peak memory of each
+(FAISS: this process's peak RSS growth while searching; Spark: peak RSS of the JVM and Python
+workers, sampled every 0.2 s), and recall of the job's top-5 against FAISS's, counting a
+different id at the same score (a tie) as found.
+
+    .venv/bin/python bench/neighbours.py --warehouse /tmp/wh --synthetic 50000 200000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
+from lookbook.neighbours import l2_normalise, nearest_neighbours  # noqa: E402
+from lookbook.session import build_spark  # noqa: E402
+
+K = 5
+
+
+class PeakRss:
+    """Peak resident memory of a set of processes (this one's children: the JVM, workers)."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(rss_of(p) for p in descendants(os.getpid())))
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().split(") ")[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, IndexError):
+                pass
+    return children + [d for c in children for d in descendants(c)]
+
+
+def rss_of(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def faiss_top_k(ids: np.ndarray, vectors: np.ndarray) -> tuple[pd.DataFrame, float, int]:
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count())
+    unit = l2_normalise(vectors)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.perf_counter()
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(unit)
+    scores, found = index.search(unit, K + 1)  # +1: each vector finds itself
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    rows = []
+    for q in range(len(ids)):
+        keep = [(ids[j], s) for j, s in zip(found[q], scores[q]) if j != q][:K]
+        rows += [(ids[q], r + 1, n, s) for r, (n, s) in enumerate(keep)]
+    return pd.DataFrame(rows, columns=["product_id", "rank", "neighbour_id", "score"]), seconds, peak
+
+
+def recall_up_to_ties(job: pd.DataFrame, reference: pd.DataFrame, tolerance: float = 1e-5) -> float:
+    """Share of FAISS's top-5 that the job found, where a different id at the reference's score
+    (within float32 rounding) counts: such ties may be ordered either way."""
+    mine = {pid: g for pid, g in job.groupby("product_id")}
+    hits = total = 0
+    for pid, ref in reference.groupby("product_id"):
+        got = mine.get(pid)
+        total += len(ref)
+        if got is None:
+            continue
+        got_ids = set(got["neighbour_id"])
+        kth = ref["score"].min()
+        for n, s in zip(ref["neighbour_id"], ref["score"]):
+            hits += n in got_ids or abs(s - kth) <= tolerance
+    return hits / total
+
+
+def run_set(spark, name: str, ids: np.ndarray, vectors: np.ndarray, block_rows: int,
+            broadcast_max_bytes: int) -> None:
+    from pyspark.sql import types as T
+
+    print(f"\n== {name}: {len(ids):,} vectors x {vectors.shape[1]}", flush=True)
+    reference, faiss_seconds, faiss_peak = faiss_top_k(ids, vectors)
+    print(f"faiss IndexFlatIP : {faiss_seconds:8.1f} s, peak memory +{faiss_peak / 2**20:,.0f} MiB",
+          flush=True)
+    schema = T.StructType([T.StructField("product_id", T.LongType()),
+                           T.StructField("embedding", T.ArrayType(T.FloatType())),
+                           T.StructField("sha256", T.StringType())])
+    path = Path(f"/tmp/bench-neighbours-{len(ids)}.parquet")
+    pd.DataFrame({"product_id": ids, "embedding": list(vectors.astype("float32")),
+                  "sha256": [str(i) for i in ids]}).to_parquet(path)
+    features = spark.read.schema(schema).parquet(str(path))
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        result, how = nearest_neighbours(features, K, block_rows, broadcast_max_bytes)
+        job = result.toPandas()
+        spark_seconds = time.perf_counter() - started
+    result.unpersist()
+    print(f"spark job         : {spark_seconds:8.1f} s, peak memory {rss.peak / 2**20:,.0f} MiB "
+          f"(JVM + Python workers), {how}")
+    print(f"ratio spark / faiss: {spark_seconds / faiss_seconds:.2f}  (target <= 1.5)")
+    print(f"recall@{K} of the job against faiss (ties counted): "
+          f"{recall_up_to_ties(job, reference):.6f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--warehouse")
+    parser.add_argument("--synthetic", type=int, nargs="*", default=[])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--block-rows", type=int, default=4096)
+    parser.add_argument("--broadcast-max-bytes", type=int, default=64 * 2**20)
+    args = parser.parse_args()
+    cores = os.cpu_count()
+    spark = build_spark(SparkSettings(master=f"local[{cores}]", app_name="bench-neighbours",
+                                      driver_memory="6g"), TensorflowSettings())
+    if args.warehouse:
+        from deltalake import DeltaTable
+
+        features = DeltaTable(f"{args.warehouse}/features").to_pandas(
+            columns=["product_id", "embedding", "layers"])
+        features = features[features["layers"] == features["layers"].dropna().iloc[-1]]
+        run_set(spark, f"real features ({features['layers'].iloc[0]})",
+                features["product_id"].to_numpy("int64"), np.stack(features["embedding"]),
+                args.block_rows, args.broadcast_max_bytes)
+    for n in args.synthetic:
+        rng = np.random.default_rng(0)
+        run_set(spark, "synthetic", np.arange(1, n + 1, dtype="int64"),
+                rng.normal(size=(n, args.dim)).astype("float32"), args.block_rows,
+                args.broadcast_max_bytes)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
