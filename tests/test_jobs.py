@@ -36,7 +36,8 @@ def test_pipeline_job_end_to_end(tmp_path):
     out = submit("pipeline", f"data_dir={data}", f"warehouse={warehouse}", "spark.master=local[2]",
                  "spark.driver_memory=2g", f"featurize.weights_cache={tmp_path / 'weights'}")
     assert out.returncode == 0, out.stderr[-3000:]
-    steps = ("ingest", "featurize", "report", "train", "evaluate", "predict")
+    steps = ("ingest", "featurize", "report", "train", "evaluate", "predict", "neighbours",
+             "evaluate_neighbours", "duplicates")
     for i, step in enumerate(steps, 1):
         assert f"[{i}/{len(steps)}] {step} done" in out.stdout
     assert "pipeline summary" in out.stdout
@@ -54,3 +55,7 @@ def test_pipeline_job_end_to_end(tmp_path):
     assert sorted(predictions.column("product_id").to_pylist()) == made["product_ids"]
     run = (warehouse / "models" / "LATEST").read_text().strip()
     assert (warehouse / "models" / run / "evaluation" / "index.html").stat().st_size > 0
+    neighbours = DeltaTable(str(warehouse / "neighbours")).to_pyarrow_table()
+    assert neighbours.num_rows == 5 * len(made["product_ids"])
+    for report in ("neighbours", "duplicates"):
+        assert (warehouse / "reports" / report / "index.html").stat().st_size > 0

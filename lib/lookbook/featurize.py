@@ -5,6 +5,7 @@ driver ships with `SparkContext.addFile`; the model is never pickled into the cl
 from __future__ import annotations
 
 import os
+import shutil
 from functools import reduce
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
-    path = materialise_weights(backbone, resolved, Path(cache_dir))
+    path = content_named(materialise_weights(backbone, resolved, Path(cache_dir)))
     spark.sparkContext.addFile(str(path))
     return FeatureModelSpec(backbone, path.name, resolved.source, resolved.preprocessing,
                             height, width, precision, batch_size, threads,
@@ -95,6 +96,23 @@ def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
         base.save_weights(partial)
         os.replace(partial, target)
     return target
+
+
+def content_named(path: Path) -> Path:
+    """A hard link (or copy) of `path` named after its content. Spark keeps files added with
+    addFile by name for the whole session and fails every later task when one name arrives
+    with other bytes (the same weights converted in another cache, say)."""
+    from .backbones import sha256_of
+
+    named = path.with_name(f"{sha256_of(path)[:16]}-{path.name}")
+    if not named.exists():
+        partial = named.with_name(f".{os.getpid()}.{named.name}")
+        try:
+            os.link(path, partial)
+        except OSError:  # another filesystem, or no hard links
+            shutil.copyfile(path, partial)
+        os.replace(partial, named)
+    return named
 
 
 _MODELS: dict[FeatureModelSpec, object] = {}
