@@ -26,7 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import numpy as np  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
+from pyspark.sql import functions as F  # noqa: E402
+
 from lookbook import classifier as clf  # noqa: E402
+from lookbook.backbones import feature_layers  # noqa: E402
+from lookbook.featurize import layers_label  # noqa: E402
 from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
 from lookbook.feed import Feed  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
@@ -47,7 +51,10 @@ def training_rows(spark, args):
     labels = clf.label_list(products, "master_category")
     labelled = clf.with_label_index(products.select("product_id", "master_category"),
                                     "master_category", labels)
-    features = read_table(spark, f"{args.warehouse}/features").select("product_id", "embedding")
+    # The default feature settings' rows (a table may hold rows of several settings).
+    layers = layers_label(feature_layers("vgg16"))
+    features = (read_table(spark, f"{args.warehouse}/features")
+                .where(F.col("layers") == layers).select("product_id", "embedding"))
     rows = (labelled.join(features, "product_id")
             .where(split_column("product_id") == "train").select("embedding", "label"))
     return rows, len(labels)

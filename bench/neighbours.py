@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lookbook.backbones import feature_layers  # noqa: E402
 from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
+from lookbook.featurize import layers_label  # noqa: E402
 from lookbook.neighbours import l2_normalise, nearest_neighbours  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 
@@ -156,7 +158,7 @@ def main() -> None:
 
         features = DeltaTable(f"{args.warehouse}/features").to_pandas(
             columns=["product_id", "embedding", "layers"])
-        features = features[features["layers"] == features["layers"].dropna().iloc[-1]]
+        features = features[features["layers"] == layers_label(feature_layers("vgg16"))]
         run_set(spark, f"real features ({features['layers'].iloc[0]})",
                 features["product_id"].to_numpy("int64"), np.stack(features["embedding"]),
                 args.block_rows, args.broadcast_max_bytes)
