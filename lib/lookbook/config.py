@@ -74,7 +74,9 @@ class FeaturizeSettings:
     # default (VGG: last conv of blocks 4 and 5).
     layers: list[str] = field(default_factory=list)
     batch_size: int = 64
-    precision: str = "fp32"  # or "bf16" (Keras mixed precision)
+    # "bf16" (Keras mixed precision): 3.2x faster here, features' cosine to fp32 0.9997 on
+    # average over 2,000 real images but 0.987 at worst, so it stays opt-in.
+    precision: str = "fp32"
     rows_per_partition: int = 2048
 
 
