@@ -130,8 +130,9 @@ class NeighboursSettings:
     k: int = 5
     # Vectors per block: a block pair's similarity matrix is block_rows^2 floats (64 MiB at 4096).
     block_rows: int = 4096
-    # Broadcast all candidates instead of joining block pairs when they fit in this many bytes.
-    broadcast_max_bytes: int = 64 * 1024 * 1024
+    # Broadcast all candidates instead of joining block pairs when they fit in this many bytes:
+    # on the real 44k x 1024 features (174 MiB) 44 s against 60 s for block pairs.
+    broadcast_max_bytes: int = 256 * 1024 * 1024
     # Candidates must share these products columns with the query, e.g. [gender]; [] = any.
     same: list[str] = field(default_factory=list)
     # Leave products with identical image bytes out of each other's neighbours.
