@@ -37,6 +37,22 @@ def with_split(df: DataFrame, train: float, validation: float, salt: str) -> Dat
     return df.withColumn("split", split_column("product_id", train, validation, salt))
 
 
+def with_pixels(products: DataFrame, height: int, width: int) -> DataFrame:
+    """`pixels`: the decoded, resized RGB image as raw uint8 bytes (height x width x 3); rows
+    whose image does not decode are dropped here (ingest has already rejected such files)."""
+    @F.pandas_udf(T.BinaryType())
+    def decode(images: pd.Series) -> pd.Series:
+        def one(data):
+            try:
+                return to_array(bytes(data), height, width).tobytes()
+            except Exception:  # PIL raises many types for bad data
+                return None
+        return images.map(one)
+
+    return (products.withColumn("pixels", decode("image")).drop("image")
+            .where(F.col("pixels").isNotNull()))
+
+
 def label_list(products: DataFrame, label_column: str) -> list[str]:
     """Every class present in the catalogue, sorted: the model's outputs, in order. Classes too
     small to learn (one member) stay in the list, so they are predicted-for and reported."""

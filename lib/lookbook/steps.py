@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from . import classifier as clf
 from . import report as rpt
@@ -23,7 +22,6 @@ from .featurize import (FeatureModelSpec, featurize_products, plan_featurize, pr
 from .evaluation import (classification_metrics, metrics_table, plot_confusion,
                          plot_misclassified, plot_training_curves)
 from .feed import Feed
-from .images import to_array
 from .ingest import format_summary, ingest_catalogue
 from .split import PARTS
 from .tables import read_table, table_exists, write_table
@@ -191,7 +189,7 @@ def finetune(spark: SparkSession, cfg: Config, model, feature_model, labels: lis
     if t.finetune_max_products:
         products = products.orderBy(F.xxhash64("product_id"), "product_id").limit(
             t.finetune_max_products)
-    pixels = with_pixels(products, spec.height, spec.width).persist()
+    pixels = clf.with_pixels(products, spec.height, spec.width).persist()
     unfrozen = clf.unfreeze_from(feature_model, t.finetune_from_layer)
     print(f"finetune: training {', '.join(unfrozen)} and the head on "
           f"{pixels.count():,} images at learning rate {t.finetune_learning_rate}")
@@ -204,22 +202,6 @@ def finetune(spark: SparkSession, cfg: Config, model, feature_model, labels: lis
         feed.delete()
     pixels.unpersist()
     return history
-
-
-def with_pixels(products: DataFrame, height: int, width: int) -> DataFrame:
-    """`pixels`: the decoded, resized RGB image as raw uint8 bytes (height x width x 3); rows
-    whose image does not decode are dropped here (ingest has already rejected such files)."""
-    @F.pandas_udf(T.BinaryType())
-    def decode(images: pd.Series) -> pd.Series:
-        def one(data):
-            try:
-                return to_array(bytes(data), height, width).tobytes()
-            except Exception:  # PIL raises many types for bad data
-                return None
-        return images.map(one)
-
-    return (products.withColumn("pixels", decode("image")).drop("image")
-            .where(F.col("pixels").isNotNull()))
 
 
 def run_split(df: DataFrame, trained: clf.TrainedClassifier) -> DataFrame:
