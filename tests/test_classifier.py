@@ -79,8 +79,8 @@ def test_feed_yields_every_row_once_per_epoch(spark, tmp_path):
 
 
 def test_feed_mixes_rows_that_arrive_sorted_by_class(spark, tmp_path):
-    """A join hands rows over sorted by id, and ids correlate with the class: every batch
-    must still mix the classes (sorted batches cost the real head 3 points of accuracy)."""
+    """Rows may arrive sorted by something that correlates with the class (a join sorts by
+    id): every batch must still mix the classes."""
     df = spark.range(4000).select(F.array(F.col("id").cast("float")).alias("embedding"),
                                   (F.col("id") >= 2000).cast("int").alias("label")).coalesce(1)
     feed = Feed(df.orderBy("id"), tmp_path.as_uri())
