@@ -206,6 +206,17 @@ def test_saved_model_takes_any_size_and_equals_head_on_features(spark, trained):
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_a_bad_image_gets_an_error_and_the_batch_goes_on(spark, trained):
+    cfg, run = trained
+    good = read_table(spark, cfg.table_path("products")).select("image").first()["image"]
+    out = clf.classify_batch(clf.load_model(run.model_path), [good, b"garbage", good],
+                             run.labels, 80, 60, batch_size=2)
+    assert out["error"].isna().tolist() == [True, False, True]
+    assert "does not decode for predict" in out["error"][1]
+    assert out["predicted"][1] is None and out["predicted"][0] == out["predicted"][2]
+    assert out["probability"][0] == pytest.approx(max(out["probabilities"][0]))
+
+
 def test_evaluate_without_a_model_says_to_train_first(spark, tmp_path):
     cfg = load_config(None, [f"warehouse={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="run the train job first"):

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .featurize import limit_tf_threads, run_on_images
 from .images import to_array
 from .split import split_column
 
@@ -279,13 +280,7 @@ def cached_classifier(model_path: str, threads: int):
     """This Python worker's copy of the saved model, loaded on first use."""
     model = _LOADED.get(model_path)
     if model is None:
-        import tensorflow as tf
-
-        try:  # only possible before TensorFlow's runtime starts in this process
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
+        limit_tf_threads(threads)
         model = _LOADED[model_path] = load_model(model_path)
     return model
 
@@ -293,27 +288,17 @@ def cached_classifier(model_path: str, threads: int):
 def classify_batch(model, images: list[bytes], labels: list[str], height: int, width: int,
                    batch_size: int) -> pd.DataFrame:
     """Decode and classify a batch; an image that fails to decode gets an error, not a crash.
-    Images are resized here exactly as featurize resizes them, so the model's own Resizing
-    layer is the identity and predictions match the features the head was trained on."""
-    pixels, errors = [], []
-    for data in images:
-        try:
-            pixels.append(to_array(bytes(data), height, width))
-            errors.append(None)
-        except Exception as exc:  # PIL raises many types for bad data
-            pixels.append(None)
-            errors.append(f"image does not decode for predict: {exc}")
-    good = [i for i, p in enumerate(pixels) if p is not None]
+    Images are resized exactly as featurize resizes them, so the model's own Resizing layer is
+    the identity and predictions match the features the head was trained on."""
+    outputs, errors = run_on_images(model, images, height, width, batch_size, "predict")
     out = pd.DataFrame({"predicted": None, "probability": np.nan, "probabilities": None,
                         "error": errors}, index=range(len(images)))
-    for start in range(0, len(good), batch_size):
-        idx = good[start:start + batch_size]
-        batch = np.stack([pixels[i] for i in idx]).astype("float32")
-        probabilities = np.asarray(model.predict_on_batch(batch), dtype="float32")
-        found = predictions_frame(probabilities, labels)
-        found.index = idx
-        out.loc[idx, ["predicted", "probability"]] = found[["predicted", "probability"]]
-        out.loc[idx, "probabilities"] = pd.Series(found["probabilities"].tolist(), index=idx)
+    good = [i for i, p in enumerate(outputs) if p is not None]
+    if good:
+        found = predictions_frame(np.stack([outputs[i] for i in good]), labels)
+        out.loc[good, "predicted"] = found["predicted"].to_numpy()
+        out.loc[good, "probability"] = found["probability"].to_numpy()
+        out.loc[good, "probabilities"] = pd.Series(found["probabilities"].tolist(), index=good)
     return out
 
 

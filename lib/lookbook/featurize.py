@@ -127,14 +127,20 @@ def cached_model(spec: FeatureModelSpec, weights_path: str):
     return model
 
 
-def build_model(spec: FeatureModelSpec, weights_path: str):
+def limit_tf_threads(threads: int) -> None:
+    """Cap this process's TensorFlow threads, so that N Spark Python workers do not
+    oversubscribe the cores; only possible before TensorFlow's runtime starts."""
     import tensorflow as tf
 
-    try:  # only possible before TensorFlow's runtime starts in this process
-        tf.config.threading.set_intra_op_parallelism_threads(spec.threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass
+
+
+def build_model(spec: FeatureModelSpec, weights_path: str):
+    limit_tf_threads(spec.threads)
     import keras
 
     from .backbones import ResolvedWeights, build_feature_model
@@ -146,25 +152,33 @@ def build_model(spec: FeatureModelSpec, weights_path: str):
                                spec.layer_names)
 
 
-def embed_batch(model, images: list[bytes], spec: FeatureModelSpec) -> pd.DataFrame:
-    """Decode, resize and featurise a batch; an image that fails to decode gets an error and
-    no embedding, and the rest of the batch goes on."""
+def run_on_images(model, images: list[bytes], height: int, width: int, batch_size: int,
+                  purpose: str) -> tuple[list, list]:
+    """Decode and resize each image as featurize does, and run `model` in batches over those
+    that decode: (output per image or None, error per image or None). A bad image costs its
+    own row only; the rest of the batch goes on."""
     pixels, errors = [], []
     for data in images:
         try:
-            pixels.append(to_array(bytes(data), spec.height, spec.width))
+            pixels.append(to_array(bytes(data), height, width))
             errors.append(None)
         except Exception as exc:  # PIL raises many types for bad data
             pixels.append(None)
-            errors.append(f"image does not decode for featurize: {exc}")
+            errors.append(f"image does not decode for {purpose}: {exc}")
     good = [i for i, p in enumerate(pixels) if p is not None]
-    embeddings: list = [None] * len(images)
-    for start in range(0, len(good), spec.batch_size):
-        idx = good[start:start + spec.batch_size]
+    outputs: list = [None] * len(images)
+    for start in range(0, len(good), batch_size):
+        idx = good[start:start + batch_size]
         batch = np.stack([pixels[i] for i in idx]).astype("float32")
-        features = np.asarray(model.predict_on_batch(batch), dtype="float32")
-        for i, vector in zip(idx, features):
-            embeddings[i] = vector
+        for i, output in zip(idx, np.asarray(model.predict_on_batch(batch), dtype="float32")):
+            outputs[i] = output
+    return outputs, errors
+
+
+def embed_batch(model, images: list[bytes], spec: FeatureModelSpec) -> pd.DataFrame:
+    """Featurise a batch: embedding and error columns, one row per image."""
+    embeddings, errors = run_on_images(model, images, spec.height, spec.width, spec.batch_size,
+                                       "featurize")
     return pd.DataFrame({"embedding": embeddings, "error": errors})
 
 
