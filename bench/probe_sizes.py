@@ -14,7 +14,6 @@ regression, and nearest centroid (do products of a type cluster together?).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import logging
 import os
@@ -35,24 +34,15 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from lookbook.backbones import build_feature_model, resolve_weights  # noqa: E402
 from lookbook.images import to_rgb  # noqa: E402
+from lookbook.styles import first_products_per_article_type  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 
 def choose_products(data_dir: Path, n: int, n_classes: int) -> tuple[list[str], np.ndarray]:
-    with open(data_dir / "styles.csv", newline="") as f:
-        rows = [row[:9] for row in list(csv.reader(f))[1:]]  # 22 names hold unquoted commas
-    rows = [row for row in rows if (data_dir / "images" / f"{row[0]}.jpg").exists()]
-    types, counts = np.unique([row[4] for row in rows], return_counts=True)
-    classes = list(types[np.argsort(-counts, kind="stable")][:n_classes])
-    chosen: dict[str, list[str]] = {c: [] for c in classes}
-    for row in sorted(rows, key=lambda row: int(row[0])):
-        if row[4] in chosen and len(chosen[row[4]]) < n // n_classes:
-            chosen[row[4]].append(row[0])
-    products = [p for c in classes for p in chosen[c]]
-    labels = np.array([label for label, c in enumerate(classes) for _ in chosen[c]])
-    return products, labels
+    products, labels = first_products_per_article_type(data_dir, n_classes, n // n_classes)
+    return products, np.array(labels)
 
 
 def load_images(data_dir: Path, products: list[str],

