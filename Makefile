@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 REAL_DATA ?= ../shared/data/fashion
 DEMO_WAREHOUSE ?= warehouse
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,12 +34,19 @@ demo: setup
 	  echo "## data/fashion not found: running on a SMALL SYNTHETIC catalogue instead. ##"; \
 	  echo "## See README 'Getting the data' to run on the real Kaggle catalogue.      ##"; \
 	  echo "############################################################################"; \
-	  $(PY) -m lookbook.synthetic data/synthetic --scale 4 && \
+	  $(PY) -m lookbook.io.synthetic data/synthetic --scale 4 && \
 	  ./spark-submit.sh pipeline data_dir=data/synthetic warehouse=$(DEMO_WAREHOUSE); \
 	fi
 
 test: setup
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra --durations=15 tests
+
+# The tests that need neither the real catalogue nor a trained model (under 2 minutes).
+test-fast: setup
+	$(PY) -m pytest -ra -m "not real_data and not slow" tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) bench/ingest.py --data-dir $(REAL_DATA)

@@ -21,5 +21,5 @@ setup(
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     install_requires=requirements(),
-    entry_points={"console_scripts": ["lookbook-synthetic=lookbook.synthetic:main"]},
+    entry_points={"console_scripts": ["lookbook-synthetic=lookbook.io.synthetic:main"]},
 )

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+
 def real_slice(data_dir: Path, n: int, out: Path) -> Path:
     """The first n rows of styles.csv with their images linked (not copied)."""
     lines = (data_dir / "styles.csv").read_text().splitlines()
@@ -78,11 +79,12 @@ import keras
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'lib')!r})
 if {precision!r} == "bf16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-from lookbook.backbones import build_feature_model, resolve_weights
+from lookbook.features.backbones import build_feature_model, resolve_weights
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from featurize import conv_gflop_per_image
 images = np.load(sys.argv[1])
-model = build_feature_model({args.backbone!r}, resolve_weights({args.backbone!r}, "imagenet", {cache!r}), {args.height}, {args.width})
+weights = resolve_weights({args.backbone!r}, "imagenet", {cache!r})
+model = build_feature_model({args.backbone!r}, weights, {args.height}, {args.width})
 model.predict(images[:{args.batch_size}], batch_size={args.batch_size}, verbose=0)
 start = time.perf_counter()
 features = model.predict(images, batch_size={args.batch_size}, verbose=0)
@@ -102,7 +104,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion"))
+    parser.add_argument("--data-dir",
+                        default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--height", type=int, default=80)
@@ -112,11 +115,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from lookbook.config import load_config
-    from lookbook.featurize import featurize_products, prepare_model
-    from lookbook.images import to_array
+    from lookbook.features.featurize import featurize_products, prepare_model
+    from lookbook.io.catalog import Catalog
+    from lookbook.io.images import to_array
+    from lookbook.pipelines.catalogue import ingest
     from lookbook.session import build_spark
-    from lookbook.steps import ingest
-    from lookbook.tables import read_table
 
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
@@ -126,7 +129,7 @@ def main() -> None:
         cache = str(Path(cfg.featurize.weights_cache).expanduser())
         spark = build_spark(cfg.spark, cfg.tensorflow, cfg.table_engine)
         ingest(spark, cfg)
-        products = read_table(spark, cfg.table_path("products")).persist()
+        products = Catalog(spark, cfg.warehouse).read("products").persist()
         rows = products.select("product_id", "image").orderBy("product_id").collect()
         images = np.stack([to_array(bytes(r["image"]), args.height, args.width)
                            for r in rows]).astype("float32")

@@ -24,18 +24,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import numpy as np  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
-from pyspark.sql import functions as F  # noqa: E402
-
-from lookbook import classifier as clf  # noqa: E402
-from lookbook.backbones import feature_layers  # noqa: E402
-from lookbook.featurize import layers_label  # noqa: E402
 from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
-from lookbook.feed import Feed  # noqa: E402
+from lookbook.features.backbones import feature_layers  # noqa: E402
+from lookbook.features.featurize import layers_label  # noqa: E402
+from lookbook.io.catalog import Catalog  # noqa: E402
+from lookbook.models import classifier as clf  # noqa: E402
+from lookbook.models.feed import Feed  # noqa: E402
+from lookbook.models.split import split_column  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
-from lookbook.split import split_column  # noqa: E402
-from lookbook.tables import read_table  # noqa: E402
 
 
 def training_rows(spark, args):
@@ -47,13 +46,14 @@ def training_rows(spark, args):
                                T.StructField("label", T.IntegerType())])
         return spark.createDataFrame(
             [(v.tolist(), int(y)) for v, y in zip(vectors, labels)], schema), 7
-    products = read_table(spark, f"{args.warehouse}/products")
+    tables = Catalog(spark, args.warehouse)
+    products = tables.read("products")
     labels = clf.label_list(products, "master_category")
     labelled = clf.with_label_index(products.select("product_id", "master_category"),
                                     "master_category", labels)
     # The default feature settings' rows (a table may hold rows of several settings).
     layers = layers_label(feature_layers("vgg16"))
-    features = (read_table(spark, f"{args.warehouse}/features")
+    features = (tables.read("features")
                 .where(F.col("layers") == layers).select("product_id", "embedding"))
     rows = (labelled.join(features, "product_id")
             .where(split_column("product_id") == "train").select("embedding", "label"))

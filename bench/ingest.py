@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from lookbook.config import load_config
-from lookbook.images import inspect_image
+from lookbook.io.images import inspect_image
+from lookbook.pipelines.catalogue import ingest
 from lookbook.session import build_spark
-from lookbook.steps import ingest
 
 
 def read_raw(files: list[Path]) -> float:
@@ -53,7 +53,7 @@ def main() -> None:
         raw_s = read_raw(files)  # also warms the page cache for everything after it
         checked_s = read_checked(files, cfg.ingest.max_image_pixels)
         started = time.perf_counter()
-        summary = ingest(spark, cfg)
+        summary = ingest(spark, cfg).summary
         spark_s = time.perf_counter() - started
         spark.stop()
     rows = [("raw read, 1 process", raw_s), ("read+decode+sha256, 1 process", checked_s),

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lookbook.backbones import feature_layers  # noqa: E402
 from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
-from lookbook.featurize import layers_label  # noqa: E402
-from lookbook.neighbours import l2_normalise, nearest_neighbours  # noqa: E402
+from lookbook.features.backbones import feature_layers  # noqa: E402
+from lookbook.features.featurize import layers_label  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
+from lookbook.similarity.knn import l2_normalise, nearest_neighbours  # noqa: E402
 
 K = 5
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lookbook import classifier as clf  # noqa: E402
-from lookbook.backbones import build_feature_model, resolve_weights  # noqa: E402
-from lookbook.images import to_array  # noqa: E402
-from lookbook.split import split_of  # noqa: E402
+from lookbook.features.backbones import build_feature_model, resolve_weights  # noqa: E402
+from lookbook.io.images import to_array  # noqa: E402
+from lookbook.models import classifier as clf  # noqa: E402
+from lookbook.models.split import split_of  # noqa: E402
 
 MAPS = ("block4_conv3", "block5_conv3", "block5_pool")
 
@@ -82,7 +82,7 @@ def main() -> None:
     resolved = resolve_weights("vgg16", "imagenet", str(Path(args.weights_cache).expanduser()))
     vgg = build_feature_model("vgg16", resolved, args.height, args.width).get_layer("vgg16")
     maps = keras.Model(vgg.input, [vgg.get_layer(n).output for n in MAPS])
-    from lookbook.backbones import preprocess
+    from lookbook.features.backbones import preprocess
 
     started, outputs = time.time(), {n: [] for n in MAPS}
     for start in range(0, len(chosen), 256):

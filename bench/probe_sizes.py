@@ -32,9 +32,9 @@ from sklearn.neighbors import NearestCentroid  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from lookbook.backbones import build_feature_model, resolve_weights  # noqa: E402
-from lookbook.images import to_rgb  # noqa: E402
-from lookbook.styles import first_products_per_article_type  # noqa: E402
+from lookbook.features.backbones import build_feature_model, resolve_weights  # noqa: E402
+from lookbook.io.images import to_rgb  # noqa: E402
+from lookbook.io.styles import first_products_per_article_type  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64

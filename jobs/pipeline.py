@@ -1,6 +1,6 @@
-"""Run every pipeline step in order, with a progress line per step and a summary.
+"""Run a named pipeline's steps in order (default `full`), a progress line per step, a summary.
 
-    ./spark-submit.sh pipeline [--conf FILE] [key=value ...]
+    ./spark-submit.sh pipeline [name=full] [--conf FILE] [key=value ...]
 """
 import sys
 

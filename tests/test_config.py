@@ -1,6 +1,6 @@
 import pytest
 
-from lookbook.config import ConfigError, DEFAULT_CONFIG, load_config, valid_keys
+from lookbook.config import DEFAULT_CONFIG, ConfigError, load_config, valid_keys
 
 REPO_CONF = DEFAULT_CONFIG.parent
 
@@ -9,7 +9,7 @@ def test_local_config_loads_with_defaults():
     cfg = load_config()
     assert cfg.spark.master == "local[*]"
     assert cfg.warehouse == "warehouse"
-    assert cfg.table_path("products") == "warehouse/products"
+    assert cfg.models_dir == "warehouse/models" and cfg.reports_dir == "warehouse/reports"
 
 
 def test_cluster_config_leaves_master_to_spark_submit():
@@ -82,3 +82,10 @@ def test_missing_config_file():
 def test_valid_keys_cover_nested_sections():
     keys = valid_keys()
     assert {"warehouse", "spark.master", "spark.conf.<any>", "ingest.sample_fraction"} <= set(keys)
+
+
+def test_override_into_a_section_the_file_does_not_have(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("warehouse: /tmp/wh\nsplit:\n")  # no tracking section, an empty split one
+    cfg = load_config(conf, ["tracking.enabled=false", "split.salt=x", "pipeline.name=full"])
+    assert cfg.tracking.enabled is False and cfg.split.salt == "x"

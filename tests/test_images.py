@@ -2,8 +2,8 @@ import hashlib
 
 from PIL import Image
 
-from lookbook.images import inspect_image, to_rgb
-from lookbook.synthetic import jpeg_bytes, png_bytes, png_claiming_size
+from lookbook.io.images import inspect_image, to_rgb
+from lookbook.io.synthetic import jpeg_bytes, png_bytes, png_claiming_size
 
 RED = Image.new("RGB", (60, 80), (200, 30, 40))
 

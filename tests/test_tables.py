@@ -5,8 +5,14 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from lookbook.tables import (read_table, register_tables, table_exists, table_history,
-                             table_version, write_table)
+from lookbook.io.tables import (
+    DuplicateKeys,
+    read_table,
+    table_exists,
+    table_history,
+    table_version,
+    write_table,
+)
 
 
 def ids(df):
@@ -93,12 +99,17 @@ def test_history_records_job_metadata(spark, tmp_path):
     assert latest["version"] == 0 and latest["lookbook.job"] == "ingest"
 
 
-def test_sql_over_registered_tables(spark, tmp_path):
-    write_table(spark.range(7), str(tmp_path / "alpha"))
-    write_table(spark.range(3), str(tmp_path / "beta"))
-    (tmp_path / "not_a_table").mkdir()
-    assert register_tables(spark, str(tmp_path)) == ["alpha", "beta"]
-    assert spark.sql("SELECT count(*) AS n FROM alpha JOIN beta USING (id)").first()["n"] == 3
+def test_keys_must_stay_unique_or_nothing_is_committed(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.range(5), path, keys=("id",))
+    repeated = spark.range(5).unionByName(spark.range(3, 4))
+    with pytest.raises(DuplicateKeys, match=r"key \(id\) is not unique, e.g. id=3 \(2 rows\)"):
+        write_table(repeated, path, keys=("id",))
+    with pytest.raises(DuplicateKeys, match="id=4"):  # an append that repeats a stored key
+        write_table(spark.range(4, 6), path, mode="append", keys=("id",))
+    assert table_version(path) == 0 and ids(read_table(spark, path)) == list(range(5))
+    assert len([p for p in Path(path).iterdir() if p.name != "_delta_log"]) == 1  # no litter
+    assert write_table(spark.range(5, 7), path, mode="append", keys=("id",)) == 1
 
 
 def test_missing_table_is_a_clear_error(spark, tmp_path):

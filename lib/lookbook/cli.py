@@ -2,16 +2,20 @@
 
     python -m lookbook.cli submit-options JOB [--conf FILE] [key=value ...]
     python -m lookbook.cli package OUT.zip
+    python -m lookbook.cli config [--conf FILE] [key=value ...]   the effective config as YAML
+    python -m lookbook.cli tables-doc                             README's table reference
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-import time
 import zipfile
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config, valid_keys
+import pandas as pd
+
+from .config import Config, ConfigError, config_yaml, load_config, valid_keys
 
 
 def parse_job_args(job: str, argv: list[str]) -> Config:
@@ -27,7 +31,7 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
 
 
 # Job arguments that are shorthands for config keys: `similar image=x.jpg` = `similar.image=x.jpg`.
-SHORTHANDS = {"similar": ("image", "product_id", "k")}
+SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",)}
 
 
 def job_shorthand(job: str, item: str) -> str:
@@ -35,29 +39,46 @@ def job_shorthand(job: str, item: str) -> str:
     return f"{job}.{item}" if key in SHORTHANDS.get(job, ()) else item
 
 
+def configure_logging() -> None:
+    """lookbook's own progress lines on stdout, plainly; other libraries stay at WARNING."""
+    logger = logging.getLogger("lookbook")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def run_job(job: str, argv: list[str]) -> None:
-    """Entry point of jobs/<job>.py: config, session, the step, a clean exit code."""
+    """Entry point of jobs/<job>.py: config, session, the job's steps, a summary, an exit code."""
+    from .pipelines.runner import PIPELINE_JOB, job_steps, run_job_steps
     from .session import build_spark
-    from .steps import PIPELINE, STEPS, summary_table
 
     try:
         cfg = parse_job_args(job, argv)
-    except ConfigError as exc:
+        job_steps(job, cfg)
+    except (ConfigError, ValueError) as exc:
         sys.exit(f"lookbook {job}: {exc}")
-    steps = PIPELINE if job == "pipeline" else [job]
+    configure_logging()
     spark = build_spark(cfg.spark, cfg.tensorflow, cfg.table_engine)
-    done = []
     try:
-        for i, step in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {step} ...", flush=True)
-            started = time.time()
-            result = STEPS[step](spark, cfg)
-            done.append((step, time.time() - started, result))
-            print(f"[{i}/{len(steps)}] {step} done in {done[-1][1]:.1f} s: {result}", flush=True)
-        if job == "pipeline":
-            print("\npipeline summary\n" + summary_table(done))
+        done, run_id = run_job_steps(spark, cfg, job, lambda line: print(line, flush=True))
     finally:
         spark.stop()
+    if job == PIPELINE_JOB:
+        print("\npipeline summary\n" + summary_table([(d.name, d.seconds, d.result.summary)
+                                                     for d in done]))
+    if run_id:
+        from .tracking import store_uri
+
+        print(f"MLflow run {run_id} in {store_uri(cfg)} (see README: Tracking)")
+
+
+def summary_table(rows: list[tuple[str, float, str]]) -> str:
+    table = pd.DataFrame(rows, columns=["step", "seconds", "result"])
+    table["seconds"] = table["seconds"].map(lambda s: f"{s:.1f}")
+    return table.to_string(index=False)
 
 
 def package(out_zip: str) -> Path:
@@ -75,16 +96,22 @@ def main(argv: list[str] | None = None) -> None:
     from .session import submit_options
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["package"] and len(argv) == 2:
-        print(package(argv[1]))
-    elif argv[:1] == ["submit-options"] and len(argv) >= 2:
-        try:
+    try:
+        if argv[:1] == ["package"] and len(argv) == 2:
+            print(package(argv[1]))
+        elif argv[:1] == ["submit-options"] and len(argv) >= 2:
             cfg = parse_job_args(argv[1], argv[2:])
-        except ConfigError as exc:
-            sys.exit(f"lookbook: {exc}")
-        print("\n".join(submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)))
-    else:
-        sys.exit(__doc__)
+            print("\n".join(submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)))
+        elif argv[:1] == ["config"]:
+            print(config_yaml(parse_job_args("config", argv[1:])), end="")
+        elif argv == ["tables-doc"]:
+            from .io.catalog import reference_markdown
+
+            print(reference_markdown(), end="")
+        else:
+            sys.exit(__doc__)
+    except ConfigError as exc:
+        sys.exit(f"lookbook: {exc}")
 
 
 if __name__ == "__main__":

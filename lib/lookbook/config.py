@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .split import check_fractions
+from .models.split import check_fractions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.yaml"
@@ -30,7 +30,8 @@ class SparkSettings:
     # None leaves the master to spark-submit's --master (cluster use).
     master: str | None = "local[*]"
     app_name: str = "lookbook"
-    driver_memory: str | None = "4g"
+    # Local mode runs the executors inside the driver: the whole real catalogue ran with 6g.
+    driver_memory: str | None = "6g"
     # Rows per Arrow batch sent to Python workers: small, because rows carry image bytes.
     arrow_batch_rows: int = 256
     # Target bytes of input per partition when reading many small files.
@@ -119,8 +120,8 @@ class TrainSettings:
 
 @dataclass
 class ModelSettings:
-    # Which trained model evaluate / predict use: a run id under <warehouse>/models, or
-    # "latest" for the last one trained.
+    # Which trained model evaluate / predict use: a training run's id (its folder under
+    # <warehouse>/models, and its MLflow run), or "latest" for the last one trained.
     run_id: str = "latest"
     batch_size: int = 64
 
@@ -156,6 +157,22 @@ class ReportSettings:
 
 
 @dataclass
+class PipelineSettings:
+    # Which named pipeline the `pipeline` job runs (lookbook.pipelines.PIPELINES).
+    name: str = "full"
+
+
+@dataclass
+class TrackingSettings:
+    # Every job is an MLflow run (pipeline steps are nested runs).
+    enabled: bool = True
+    # "" = a local store in the warehouse (<warehouse>/mlflow.db, artefacts in
+    # <warehouse>/mlartifacts), no server needed; or a shared server, http://host:5000.
+    uri: str = ""
+    experiment: str = "lookbook"
+
+
+@dataclass
 class Config:
     warehouse: str = "warehouse"
     data_dir: str = "data/fashion"
@@ -172,15 +189,14 @@ class Config:
     neighbours: NeighboursSettings = field(default_factory=NeighboursSettings)
     similar: SimilarSettings = field(default_factory=SimilarSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
     def reports_dir(self) -> str:
         return str(Path(self.warehouse) / "reports")
 
-    def table_path(self, name: str) -> str:
-        return str(Path(self.warehouse) / name)
-
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         if self.table_engine not in ("delta-rs", "delta-spark"):
             raise ConfigError(
                 f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
@@ -263,7 +279,9 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
             return
         if not dataclasses.is_dataclass(hint):
             raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section; cannot set {key!r}")
-        node = node.setdefault(part, {}) or {}
+        if node.get(part) is None:  # absent, or an empty section in the YAML
+            node[part] = {}
+        node = node[part]
         cls = hint
 
 
@@ -316,3 +334,21 @@ def _coerce(value: Any, hint, key: str):
         return hint(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}") from None
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """Every setting by its dotted key (what an override would set), e.g. for run params."""
+    def walk(node: dict, prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict) and key != "conf":
+                out.update(walk(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+    return walk(dataclasses.asdict(cfg), "")
+
+
+def config_yaml(cfg: Config) -> str:
+    """The effective configuration as YAML: loads back to the same Config."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

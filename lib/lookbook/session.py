@@ -7,7 +7,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from .config import SparkSettings, TensorflowSettings
-from .tables import ENGINE_CONF
+from .io.tables import ENGINE_CONF
 
 
 def spark_conf(spark: SparkSettings, tf: TensorflowSettings,

@@ -5,6 +5,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -78,3 +79,15 @@ def to_array(data: bytes, height: int, width: int) -> np.ndarray:
     if img.size != (width, height):
         img = img.resize((width, height), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def read_image_file(path: str | Path, max_pixels: int = 50_000_000) -> bytes:
+    """A photo's bytes, or a clear error when it is missing or is not a usable image."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    data = file.read_bytes()
+    facts = inspect_image(data, max_pixels)
+    if facts.error:
+        raise ValueError(f"{path} is not a usable image: {facts.error}")
+    return data

@@ -1,20 +1,15 @@
 """The masterCategory classifier: a dense head on the frozen backbone's features, trained
 through the Petastorm feed; optionally fine-tuned with the backbone's last block on images.
 
-The saved artefact is one Keras model, raw RGB image (any size, 0..255) -> class
+The trained model is one Keras model, raw RGB image (any size, 0..255) -> class
 probabilities: Resizing (bilinear, antialiased) -> the feature model (preprocessing inside)
--> head. Beside it, in the run folder, the label list and a JSON of config and metrics; nothing
-else is needed to load and use it (`load_classifier`).
+-> head. `lookbook.models.store` saves and finds it.
 """
 from __future__ import annotations
 
-import json
-import os
+import logging
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,14 +17,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .featurize import limit_tf_threads, run_on_images
-from .images import to_array
+from ..features.featurize import limit_tf_threads, run_on_images
+from ..io.images import to_array
 from .split import split_column
+from .store import TrainedClassifier, load_model
 
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.json"
-RUN_FILE = "run.json"
-LATEST_FILE = "LATEST"
+log = logging.getLogger(__name__)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def _with_weights(inputs, weights: dict[int, float] | None):
 
 
 def epoch_progress():
-    """A callback printing one line per epoch (Keras' bar is unreadable in Spark logs)."""
+    """A callback logging one line per epoch (Keras' bar is unreadable in Spark logs)."""
     import keras
 
     class EpochProgress(keras.callbacks.Callback):
@@ -183,80 +176,11 @@ def epoch_progress():
         def on_epoch_end(self, epoch, logs=None):
             shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
                              if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-            print(f"  epoch {epoch + 1}: {shown} ({time.time() - self.started:.1f} s)",
-                  flush=True)
+            log.info("  epoch %d: %s (%.1f s)", epoch + 1, shown, time.time() - self.started)
     return EpochProgress()
 
 
-# --- the saved artefact ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrainedClassifier:
-    run_id: str
-    folder: Path
-    labels: list[str]
-    run: dict  # config, feature settings, history, metrics
-
-    @property
-    def model_path(self) -> Path:
-        return self.folder / MODEL_FILE
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def save_classifier(model, labels: list[str], run: dict, models_dir: str, run_id: str) -> Path:
-    """Write the run folder (model, labels, run JSON) and only then point LATEST at it, so a
-    crash mid-save never leaves LATEST naming a half-written model."""
-    folder = Path(models_dir) / run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / MODEL_FILE)
-    (folder / LABELS_FILE).write_text(json.dumps(labels, indent=1))
-    write_run(folder, run)
-    latest = Path(models_dir) / LATEST_FILE
-    partial = latest.with_name(f".{LATEST_FILE}.{os.getpid()}")
-    partial.write_text(run_id + "\n")
-    os.replace(partial, latest)
-    return folder
-
-
-def write_run(folder: Path, run: dict) -> None:
-    (folder / RUN_FILE).write_text(json.dumps(run, indent=1, default=str))
-
-
-def find_run(models_dir: str, run_id: str = "latest") -> TrainedClassifier:
-    """The run folder's labels and record, without loading the model."""
-    models = Path(models_dir)
-    if run_id == "latest":
-        latest = models / LATEST_FILE
-        if not latest.exists():
-            raise FileNotFoundError(f"no trained model under {models}: run the train job first")
-        run_id = latest.read_text().strip()
-    folder = models / run_id
-    if not (folder / MODEL_FILE).exists():
-        known = sorted(p.name for p in models.glob("*") if (p / MODEL_FILE).exists())
-        raise FileNotFoundError(f"no model {run_id!r} under {models}; known runs: {known}")
-    labels = json.loads((folder / LABELS_FILE).read_text())
-    run = json.loads((folder / RUN_FILE).read_text())
-    return TrainedClassifier(run_id, folder, labels, run)
-
-
-def load_model(path: str | Path):
-    """The saved Keras model; importing backbones registers its custom layer."""
-    import keras
-
-    from . import backbones  # noqa: F401  (registers lookbook>Preprocess)
-
-    return keras.saving.load_model(path, compile=False)
-
-
 # --- prediction -----------------------------------------------------------------------------
-
-def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
-    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
-
 
 def predictions_frame(probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:
     best = probabilities.argmax(axis=1)
@@ -307,7 +231,7 @@ def classify_images(images: DataFrame, trained: TrainedClassifier, batch_size: i
     """Adds predicted, probability (of the predicted class), probabilities (per label, in
     `trained.labels` order) and error, in an iterator pandas UDF with the saved model."""
     model_path, labels = str(trained.model_path.resolve()), trained.labels
-    height, width = trained.run["input_size"]
+    height, width = trained.input_size
 
     @F.pandas_udf(PREDICT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:

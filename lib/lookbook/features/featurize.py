@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from functools import reduce
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import reduce
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .images import to_array
+from ..io.images import to_array
 
 EMBED_SCHEMA = T.StructType([
     T.StructField("embedding", T.ArrayType(T.FloatType())),
@@ -70,10 +70,17 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
     path = content_named(materialise_weights(backbone, resolved, Path(cache_dir)))
-    spark.sparkContext.addFile(str(path))
+    ship_file(spark, path)
     return FeatureModelSpec(backbone, path.name, resolved.source, resolved.preprocessing,
                             height, width, precision, batch_size, threads,
                             layers_label(feature_layers(backbone, layers)))
+
+
+def ship_file(spark: SparkSession, path: Path) -> None:
+    """SparkContext.addFile once per session (a second add of the same path only warns)."""
+    sc = spark.sparkContext
+    if not any(shipped.endswith("/" + path.name) for shipped in sc.listFiles):
+        sc.addFile(str(path))
 
 
 def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
@@ -125,6 +132,11 @@ def cached_model(spec: FeatureModelSpec, weights_path: str):
         model = build_model(spec, weights_path)
         _MODELS[spec] = model
     return model
+
+
+def driver_feature_model(spec: FeatureModelSpec):
+    """The driver's own copy of the feature model, from the weights file shipped for `spec`."""
+    return build_model(spec, SparkFiles.get(spec.weights_file))
 
 
 def limit_tf_threads(threads: int) -> None:

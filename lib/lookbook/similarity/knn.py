@@ -12,7 +12,7 @@ similarity exactly 1.0 by definition (float32 rounding would otherwise give 0.99
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -85,16 +85,6 @@ def top_k_rows(query_ids: np.ndarray, candidate_ids: np.ndarray, scores: np.ndar
     found = np.isfinite(best)
     queries = np.repeat(query_ids.astype(np.int64), take).reshape(n, take)
     return queries[found], candidate_ids[cols][found].astype(np.int64), best[found]
-
-
-def brute_force_top_k(ids: np.ndarray, vectors: np.ndarray, k: int,
-                      images: np.ndarray | None = None) -> pd.DataFrame:
-    """The reference: the full matrix at once (tests and benchmarks only)."""
-    images = np.arange(len(ids)) if images is None else images
-    unit = l2_normalise(vectors)
-    q, n, s = block_top_k(ids, unit, images, np.zeros(len(ids)), ids, unit, images,
-                          np.zeros(len(ids)), k)
-    return ranked(pd.DataFrame({"product_id": q, "neighbour_id": n, "score": s}))
 
 
 def ranked(pairs: pd.DataFrame) -> pd.DataFrame:

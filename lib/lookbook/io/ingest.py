@@ -7,9 +7,9 @@ is small, is ever broadcast.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -19,13 +19,6 @@ from pyspark.sql import types as T
 
 from .images import inspect_image
 from .styles import PRODUCT_FIELDS, check_header, is_header, parse_styles_line
-
-REJECT_SCHEMA = T.StructType([
-    T.StructField("product_id", T.LongType()),
-    T.StructField("source", T.StringType()),
-    T.StructField("reason", T.StringType()),
-    T.StructField("detail", T.StringType()),
-])
 
 STYLES_SCHEMA = T.StructType([
     T.StructField("product_id", T.LongType()),
@@ -46,8 +39,6 @@ FACTS_SCHEMA = T.StructType([
     T.StructField("error", T.StringType()),
 ])
 
-PRODUCT_COLUMNS = [*PRODUCT_FIELDS, "image_file", "image", "format", "mode", "width", "height",
-                   "sha256"]
 STYLES_SOURCE = "styles.csv"
 IMAGES_DIR = "images"
 

@@ -1,19 +1,14 @@
-"""Pictures of the catalogue: class balance, sample images per class, and an HTML page."""
+"""Pictures of the catalogue: products per class and sample images per class."""
 from __future__ import annotations
 
-import html
-import io
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
 
-matplotlib.use("Agg")  # jobs run headless
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from pyspark.sql import DataFrame, Window  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
-
-from .images import to_rgb  # noqa: E402
+from ..io.images import to_rgb
+from .figures import plt, save_figure
 
 
 def class_counts(products: DataFrame, column: str = "master_category") -> pd.DataFrame:
@@ -45,7 +40,7 @@ def plot_class_balance(counts: pd.DataFrame, out_png: str | Path, title: str) ->
             label.set_horizontalalignment("right")
         ax.bar_label(bars, labels=[f"{c:,}" for c in counts["count"]], fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_samples(samples: pd.DataFrame, out_png: str | Path,
@@ -65,34 +60,4 @@ def plot_samples(samples: pd.DataFrame, out_png: str | Path,
             axes[r][c].text(0.5, -0.08, str(item["product_id"]), fontsize=7, ha="center",
                             va="top", transform=axes[r][c].transAxes)
     fig.tight_layout()
-    return _save(fig, out_png)
-
-
-def write_html(out_html: str | Path, title: str, sections: list[tuple[str, object]]) -> Path:
-    """A self-contained page: each section is (heading, PNG path | DataFrame | text)."""
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style>",
-             f"<h1>{html.escape(title)}</h1>"]
-    for heading, content in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(content, pd.DataFrame):
-            parts.append(content.to_html(index=False, escape=True))
-        elif isinstance(content, Path):
-            parts.append(f"<img src='{html.escape(content.name)}' style='max-width:100%'>")
-        else:
-            parts.append(f"<pre>{html.escape(str(content))}</pre>")
-    out_html = Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text("\n".join(parts))
-    return out_html
-
-
-def _save(fig, out_png: str | Path) -> Path:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    out_png.write_bytes(buffer.getvalue())
-    return out_png
+    return save_figure(fig, out_png)

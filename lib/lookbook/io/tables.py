@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 ENGINE_CONF = "spark.lookbook.table_engine"
@@ -48,15 +49,22 @@ def table_history(path: str) -> list[dict[str, Any]]:
     return DeltaTable(_uri(path)).history()
 
 
+class DuplicateKeys(ValueError):
+    """Rows that would share a key the table declares unique; nothing was committed."""
+
+
 def write_table(df: DataFrame, path: str, mode: str = "overwrite",
-                metadata: dict[str, str] | None = None) -> int:
+                metadata: dict[str, str] | None = None, keys: tuple[str, ...] = ()) -> int:
     """Write `df` as the new content (overwrite) or extra rows (append) of the Delta table at
-    `path`, atomically. Returns the committed version."""
+    `path`, atomically. With `keys`, the table's rows after the write must be unique on them,
+    or nothing is committed. Returns the committed version."""
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {WRITE_MODES}, not {mode!r}")
-    if table_engine(df.sparkSession) == "delta-spark":
+    spark = df.sparkSession
+    if table_engine(spark) == "delta-spark":
+        check_unique(_with_existing(spark, df, path, mode, keys), keys, path)
         df.write.format("delta").mode(mode).option("overwriteSchema", mode == "overwrite").save(path)
-        return df.sparkSession.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"]
+        return spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"]
 
     uri = _uri(path)
     write_id = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -67,6 +75,10 @@ def write_table(df: DataFrame, path: str, mode: str = "overwrite",
         files = _parquet_files(fs, staging_path)
         if not files:
             raise RuntimeError(f"Spark wrote no Parquet files to {staging}")
+        # Checked on the staged files: reading back key columns is cheaper than computing
+        # `df` twice.
+        staged = spark.read.parquet(staging) if keys else df
+        check_unique(_with_existing(spark, staged, path, mode, keys), keys, path)
         actions = [_add_action(fs, f, f"{write_id}/{Path(f.path).name}") for f in files]
         schema = Schema.from_arrow(pq.read_schema(files[0].path, filesystem=fs))
         props = CommitProperties(custom_metadata=metadata or {})
@@ -82,6 +94,27 @@ def write_table(df: DataFrame, path: str, mode: str = "overwrite",
             fs.delete_dir(staging_path)
         raise
     return DeltaTable(uri).version()
+
+
+def check_unique(df: DataFrame, keys: tuple[str, ...], path: str) -> None:
+    if not keys:
+        return
+    repeated = (df.groupBy(*keys).count().where(F.col("count") > 1)
+                .orderBy(F.desc("count"), *keys).limit(3).collect())
+    if repeated:
+        shown = "; ".join(", ".join(f"{k}={r[k]}" for k in keys) + f" ({r['count']} rows)"
+                          for r in repeated)
+        raise DuplicateKeys(f"{path}: key ({', '.join(keys)}) is not unique, e.g. {shown}; "
+                            f"nothing was committed")
+
+
+def _with_existing(spark: SparkSession, df: DataFrame, path: str, mode: str,
+                   keys: tuple[str, ...]) -> DataFrame:
+    """The key columns of the table as it will be after the write."""
+    new = df.select(*keys)
+    if mode == "append" and keys and table_exists(path):
+        return new.unionByName(read_table(spark, path).select(*keys))
+    return new
 
 
 def read_table(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
@@ -100,17 +133,6 @@ def read_table(spark: SparkSession, path: str, version: int | None = None) -> Da
         arrow_schema = pa.schema(table.schema().to_arrow())
         return spark.createDataFrame([], from_arrow_schema(arrow_schema))
     return spark.read.parquet(*files)
-
-
-def register_tables(spark: SparkSession, warehouse: str) -> list[str]:
-    """Expose every Delta table under `warehouse` as a temporary view for `spark.sql`."""
-    names = []
-    root = Path(warehouse)
-    for child in sorted(root.iterdir()) if root.is_dir() else []:
-        if child.is_dir() and table_exists(str(child)):
-            read_table(spark, str(child)).createOrReplaceTempView(child.name)
-            names.append(child.name)
-    return names
 
 
 def _uri(path: str) -> str:

@@ -1,0 +1,211 @@
+"""The table catalogue: every table declared once, and the one way steps read and write them.
+
+A declaration names the table, the step that writes it, its key columns and its schema (with a
+line per column for the README). `Catalog` resolves names to Delta tables under the
+warehouse: a write is checked against the declaration (same columns and types, keys unique),
+the SQL views are the declared tables, and the README's table reference is generated from the
+same declarations (`python -m lookbook.cli tables-doc`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from . import tables
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: T.DataType
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    doc: str
+    written_by: str  # the step (job) that writes it
+    keys: tuple[str, ...]  # unique per row; () for a log without a natural key
+    columns: tuple[Column, ...]
+
+    @property
+    def schema(self) -> T.StructType:
+        return T.StructType([T.StructField(c.name, c.type) for c in self.columns])
+
+
+LONG, INT, FLOAT, BOOL = T.LongType(), T.IntegerType(), T.FloatType(), T.BooleanType()
+STRING, BINARY, VECTOR = T.StringType(), T.BinaryType(), T.ArrayType(T.FloatType())
+
+
+def _rejects(name: str, written_by: str, doc: str) -> TableSpec:
+    return TableSpec(name, doc, written_by, (), (
+            Column("product_id", LONG, "where known"),
+            Column("source", STRING, "the input: `styles.csv`, `images/<file>`, or the step"),
+            Column("reason", STRING, "why it was rejected"),
+            Column("detail", STRING, "the raw CSV line, the file size, or the settings"),
+        ))
+
+
+FEATURE_SETTINGS = (
+    Column("backbone", STRING, "e.g. vgg16"),
+    Column("layers", STRING, "the pooled layers, `+`-joined"),
+    Column("weights", STRING, "where the weights came from; `random (NOT pretrained)` is labelled"),
+)
+INPUT_SIZE = (
+    Column("height", INT, "model input height"),
+    Column("width", INT, "model input width"),
+    Column("precision", STRING, "fp32 or bf16"),
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (
+    TableSpec("products", "One row per catalogue product that has a valid row and image.",
+              "ingest", ("product_id",), (
+                  Column("product_id", LONG, "styles.csv `id`"),
+                  Column("gender", STRING),
+                  Column("master_category", STRING, "the classifier's label"),
+                  Column("sub_category", STRING),
+                  Column("article_type", STRING),
+                  Column("base_colour", STRING),
+                  Column("season", STRING),
+                  Column("year", INT),
+                  Column("usage", STRING),
+                  Column("display_name", STRING, "productDisplayName, commas repaired"),
+                  Column("image_file", STRING, "`images/<file>`"),
+                  Column("image", BINARY, "the original file's bytes"),
+                  Column("format", STRING, "as decoded (JPEG, PNG, ...)"),
+                  Column("mode", STRING, "RGB, L, CMYK, RGBA, ..."),
+                  Column("width", INT),
+                  Column("height", INT),
+                  Column("sha256", STRING, "of the image bytes"),
+              )),
+    _rejects("rejects", "ingest", "Every input that did not become a product, with the reason: "
+                                  "each input is in exactly one of `products` and `rejects`."),
+    TableSpec("features", "CNN feature vectors, one row per product and feature settings; rows "
+                          "of other settings are kept.",
+              "featurize", ("product_id", "backbone", "layers", "weights", "preprocessing",
+                            "height", "width", "precision"), (
+                  Column("product_id", LONG),
+                  Column("sha256", STRING, "of the image the vector was computed from"),
+                  *FEATURE_SETTINGS,
+                  Column("preprocessing", STRING, "input normalisation: torch or keras:<backbone>"),
+                  *INPUT_SIZE,
+                  Column("embedding", VECTOR, "raw (not normalised) features"),
+              )),
+    _rejects("feature_rejects", "featurize",
+             "Products whose image could not be featurized, with the reason."),
+    TableSpec("predictions", "The classifier's prediction for every product.", "predict",
+              ("product_id",), (
+                  Column("product_id", LONG),
+                  Column("predicted", STRING, "the most probable class"),
+                  Column("probability", FLOAT, "of the predicted class"),
+                  Column("probabilities", VECTOR, "per class, in the model's label order"),
+                  Column("split", STRING, "train, validation or test, as the model was trained"),
+                  Column("run_id", STRING, "the model (training run) that predicted"),
+              )),
+    _rejects("prediction_rejects", "predict",
+             "Products the classifier could not read, with the reason."),
+    TableSpec("neighbours", "Every product's k most similar other products by cosine "
+                            "similarity of their features, exact.",
+              "neighbours", ("product_id", "rank"), (
+                  Column("product_id", LONG),
+                  Column("rank", INT, "1 = most similar"),
+                  Column("neighbour_id", LONG),
+                  Column("score", FLOAT, "cosine similarity; identical image bytes score 1.0"),
+                  *FEATURE_SETTINGS, *INPUT_SIZE,
+              )),
+    TableSpec("duplicates", "Distinct product pairs at least `neighbours.duplicate_threshold` "
+                            "similar, among each product's top k.",
+              "duplicates", ("product_id", "other_id"), (
+                  Column("product_id", LONG, "the smaller id of the pair"),
+                  Column("other_id", LONG),
+                  Column("score", FLOAT),
+                  Column("identical_bytes", BOOL, "the two images are the same file content"),
+              )),
+)}
+
+
+def table_spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"no table {name!r} in the catalogue; declared: "
+                       f"{', '.join(TABLES)}") from None
+
+
+class SchemaMismatch(ValueError):
+    """A DataFrame that does not have its table's declared columns and types."""
+
+
+def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """`df` with the declared columns in declared order; a clear error on any difference."""
+    declared = {f.name: f.dataType for f in spec.schema.fields}
+    actual = {f.name: f.dataType for f in df.schema.fields}
+    problems = [f"missing column {n} {t.simpleString()}" for n, t in declared.items()
+                if n not in actual]
+    problems += [f"undeclared column {n} {t.simpleString()}" for n, t in actual.items()
+                 if n not in declared]
+    problems += [f"column {n} is {actual[n].simpleString()}, declared {t.simpleString()}"
+                 for n, t in declared.items() if n in actual and actual[n] != t]
+    if problems:
+        raise SchemaMismatch(f"table {spec.name}: {'; '.join(problems)} (see lookbook/io/catalog.py)")
+    return df.select(*declared)
+
+
+class Catalog:
+    """The declared tables of one warehouse, as Delta tables under `<warehouse>/<name>`."""
+
+    def __init__(self, spark: SparkSession, warehouse: str, run_id: str | None = None):
+        self.spark = spark
+        self.warehouse = warehouse
+        self.run_id = run_id  # recorded with every commit, to find the run that wrote it
+
+    def path(self, name: str) -> str:
+        return str(Path(self.warehouse) / table_spec(name).name)
+
+    def exists(self, name: str) -> bool:
+        return tables.table_exists(self.path(name))
+
+    def version(self, name: str) -> int:
+        return tables.table_version(self.path(name))
+
+    def history(self, name: str) -> list[dict]:
+        return tables.table_history(self.path(name))
+
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        if not self.exists(name):
+            raise FileNotFoundError(f"no {name} table in {self.warehouse}: run the "
+                                    f"{table_spec(name).written_by} job first")
+        return tables.read_table(self.spark, self.path(name), version)
+
+    def write(self, name: str, df: DataFrame, mode: str = "overwrite",
+              metadata: dict[str, str] | None = None) -> int:
+        """Write `df` as the table's new content (or extra rows); returns the version."""
+        spec = table_spec(name)
+        meta = {"lookbook.job": spec.written_by, **(metadata or {})}
+        if self.run_id:
+            meta["lookbook.run_id"] = self.run_id
+        return tables.write_table(conform(df, spec), self.path(name), mode=mode, metadata=meta,
+                                  keys=spec.keys)
+
+    def register_views(self) -> list[str]:
+        """Every declared table that exists, as a temporary view by its name (current version)."""
+        names = [name for name in TABLES if self.exists(name)]
+        for name in names:
+            self.read(name).createOrReplaceTempView(name)
+        return names
+
+
+def reference_markdown() -> str:
+    """The README's table reference, generated from the declarations."""
+    out = []
+    for spec in TABLES.values():
+        keys = ", ".join(f"`{k}`" for k in spec.keys) or "none"
+        out += [f"**`{spec.name}`** (written by `{spec.written_by}`; key {keys}): {spec.doc}", "",
+                "| column | type | |", "| --- | --- | --- |"]
+        out += [f"| `{c.name}` | {c.type.simpleString()} | {c.doc} |" for c in spec.columns]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,214 @@
+"""Steps of the classifier: train the head (optionally fine-tune), evaluate it on the test
+part, predict every product."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .. import tracking
+from ..config import Config
+from ..features.featurize import FeatureModelSpec, driver_feature_model, settings_match
+from ..io.catalog import Catalog
+from ..models import classifier as clf
+from ..models.feed import Feed
+from ..models.metrics import classification_metrics, metrics_table
+from ..models.split import PARTS
+from ..models.store import MODEL_FILE, TrainedClassifier, find_model, new_run_id, save_classifier
+from ..reports.classifier import plot_confusion, plot_misclassified, plot_training_curves
+from ..reports.html import write_html
+from .base import ModelToLog, StepResult, catalog, step
+from .features import feature_spec, spec_params
+
+log = logging.getLogger(__name__)
+
+
+def training_data(tables: Catalog, cfg: Config, spec: FeatureModelSpec,
+                  labels: list[str]) -> DataFrame:
+    """product_id, split, label (index into `labels`), embedding: products with features."""
+    t, s = cfg.train, cfg.split
+    labelled = clf.with_label_index(
+        clf.with_split(tables.read("products").select("product_id", t.label),
+                       s.train, s.validation, s.salt), t.label, labels)
+    features = (tables.read("features").filter(settings_match(spec))
+                .select("product_id", "embedding"))
+    return labelled.join(features, "product_id")
+
+
+@step("train")
+def train(spark: SparkSession, cfg: Config) -> StepResult:
+    t = cfg.train
+    tables = catalog(spark, cfg)
+    spec = feature_spec(spark, cfg)
+    labels = clf.label_list(tables.read("products"), t.label)
+    data = training_data(tables, cfg, spec, labels).persist()
+    counts = {(r["split"], r["label"]): r["count"]
+              for r in data.groupBy("split", "label").count().collect()}
+    train_counts = {i: counts.get(("train", i), 0) for i in range(len(labels))}
+    if not sum(train_counts.values()):
+        raise RuntimeError(f"no features with this job's settings {spec.settings()}: run "
+                           f"featurize with the same featurize.* config first")
+    if not any(part == "validation" for part, _ in counts):
+        raise RuntimeError("the validation part is empty: the catalogue is too small for "
+                           "split.validation; raise it or add products")
+    per_part = {part: sum(v for (p, _), v in counts.items() if p == part) for part in PARTS}
+    log.info("train: %d classes, %s", len(labels),
+             ", ".join(f"{part} {n:,}" for part, n in per_part.items()))
+    weights = clf.class_weights({i: n for i, n in train_counts.items() if n}, t.class_weights)
+    weights = {i: weights.get(i, 1.0) for i in range(len(labels))}
+
+    import keras
+
+    keras.utils.set_random_seed(t.seed)
+    feeds = [Feed(data.where(F.col("split") == part).select("embedding", "label"),
+                  cfg.petastorm_cache_url, t.seed) for part in ("train", "validation")]
+    dim = len(data.select("embedding").first()[0])
+    head = clf.build_head(dim, len(labels), t.dense_units, t.dropout, t.seed)
+    started = time.time()
+    history = clf.fit(head, *feeds, clf.feature_batch_transform, t.batch_size,
+                      t.epochs, t.learning_rate, t.patience, t.seed, weights)
+    for feed in feeds:
+        feed.delete()
+    data.unpersist()
+    feature_model = driver_feature_model(spec)
+    model = clf.assemble_classifier(feature_model, head, spec.height, spec.width)
+    finetune_history = {}
+    if t.mode == "finetune":
+        finetune_history = finetune(tables, cfg, model, feature_model, labels, weights, spec)
+    seconds = time.time() - started
+
+    run_id = tracking.active_run_id() or new_run_id()
+    info = {"mode": t.mode, "label_column": t.label, "labels": labels,
+            "input_size": [spec.height, spec.width], "features": spec.settings(),
+            "split": asdict(cfg.split)}
+    folder = save_classifier(model, info, cfg.models_dir, run_id)
+    curves = plot_training_curves(finetune_history or history, folder / "training_curves.png")
+    best = int(np.argmin(history["val_loss"]))
+    # Not named like the per-epoch history: a metric's history would mix the two.
+    validation = {"best_val_loss": history["val_loss"][best],
+                  "best_val_accuracy": history["val_accuracy"][best]}
+    return StepResult(
+        f"model {run_id}, validation accuracy {validation['best_val_accuracy']:.4f}",
+        details=(f"model {run_id} in {folder}: best epoch {best + 1}, validation loss "
+                 f"{validation['best_val_loss']:.4f}, accuracy {validation['best_val_accuracy']:.4f}"),
+        params={**spec_params(spec), "model": run_id, "model_folder": str(folder), "labels": labels,
+                **{f"class_weight.{labels[i]}": round(w, 4) for i, w in weights.items()}},
+        metrics={"best_epoch": best + 1, **validation, "train_seconds": seconds,
+                 **{f"examples.{part}": n for part, n in per_part.items()}},
+        history={**history, **{f"finetune.{k}": v for k, v in finetune_history.items()}},
+        artefacts=[curves, folder / "model.json"],
+        model=ModelToLog(folder / MODEL_FILE, labels))
+
+
+def finetune(tables: Catalog, cfg: Config, model, feature_model, labels: list[str],
+             weights: dict[int, float], spec: FeatureModelSpec) -> dict:
+    """Train the backbone's last block with the head, on images, at a low learning rate."""
+    t = cfg.train
+    products = clf.with_label_index(
+        clf.with_split(tables.read("products"), cfg.split.train, cfg.split.validation,
+                       cfg.split.salt), t.label, labels)
+    products = products.where(F.col("split") != "test")
+    if t.finetune_max_products:
+        products = products.orderBy(F.xxhash64("product_id"), "product_id").limit(
+            t.finetune_max_products)
+    pixels = clf.with_pixels(products, spec.height, spec.width).persist()
+    unfrozen = clf.unfreeze_from(feature_model, t.finetune_from_layer)
+    log.info("finetune: training %s and the head on %d images at learning rate %s",
+             ", ".join(unfrozen), pixels.count(), t.finetune_learning_rate)
+    feeds = [Feed(pixels.where(F.col("split") == part).select("pixels", "label"),
+                  cfg.petastorm_cache_url, t.seed) for part in ("train", "validation")]
+    history = clf.fit(model, *feeds, clf.pixel_batch_transform(spec.height, spec.width),
+                      min(t.batch_size, 64), t.finetune_epochs, t.finetune_learning_rate,
+                      t.patience, t.seed, weights)
+    for feed in feeds:
+        feed.delete()
+    pixels.unpersist()
+    return history
+
+
+def with_model_split(df: DataFrame, trained: TrainedClassifier) -> DataFrame:
+    """Products with the split their model was trained with (the model's, not today's config)."""
+    s = trained.info["split"]
+    return clf.with_split(df, s["train"], s["validation"], s["salt"])
+
+
+@step("evaluate")
+def evaluate(spark: SparkSession, cfg: Config) -> StepResult:
+    tables = catalog(spark, cfg)
+    trained = find_model(cfg.models_dir, cfg.model.run_id)
+    label = trained.label_column
+    products = with_model_split(tables.read("products"), trained)
+    test = products.where(F.col("split") == "test").where(F.col(label).isNotNull())
+    classified = clf.classify_images(test.select("product_id", label, "image"), trained,
+                                     cfg.model.batch_size, cfg.tensorflow.intra_op_threads)
+    result = classified.toPandas()
+    failed = result[result["error"].notna()]
+    result = result[result["error"].isna()]
+    metrics = classification_metrics(list(result[label]), np.stack(result["probabilities"]),
+                                      trained.labels)
+    metrics["failed_to_decode"] = len(failed)
+    out = trained.folder / "evaluation"
+    confusion = plot_confusion(metrics["confusion"], trained.labels, out / "confusion.png")
+    wrong = result[result[label] != result["predicted"]].sort_values(
+        ["probability", "product_id"], ascending=[False, True]).head(48)
+    images = (products.where(F.col("product_id").isin([int(i) for i in wrong["product_id"]]))
+              .select("product_id", "image").toPandas())
+    grid = plot_misclassified(wrong.rename(columns={label: "true"}).merge(images, on="product_id"),
+                              out / "misclassified.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    table = metrics_table(metrics)
+    per_class = pd.DataFrame(metrics["per_class"]).round(4)
+    curves = trained.folder / "training_curves.png"
+    page = write_html(out / "index.html", f"lookbook: classifier {trained.run_id}", [
+        ("Test metrics", table), ("Per class (test part)", per_class),
+        ("Confusion matrix", Path("confusion.png")),
+        ("Training curves", Path("../training_curves.png") if curves.exists() else "none"),
+        (f"Misclassified ({len(wrong)} most confident of "
+         f"{int((result[label] != result['predicted']).sum())})", Path("misclassified.png")),
+        ("Model", json.dumps(trained.info, indent=1)),
+    ])
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+    per_class_metrics = {f"{name}.{row['class']}": row[name] for row in metrics["per_class"]
+                         for name in ("precision", "recall", "f1")}
+    return StepResult(
+        f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}",
+        details=(f"model {trained.run_id} on the test part\n{table.to_string(index=False)}\n"
+                 f"{per_class.to_string(index=False)}\nreport: {page}, plots: {confusion}, {grid}"),
+        params={"model": trained.run_id},
+        metrics={**{f"test_{k}": v for k, v in scalar.items()}, **per_class_metrics},
+        artefacts=[out])
+
+
+@step("predict")
+def predict(spark: SparkSession, cfg: Config) -> StepResult:
+    tables = catalog(spark, cfg)
+    trained = find_model(cfg.models_dir, cfg.model.run_id)
+    products = with_model_split(tables.read("products"), trained)
+    n = products.count()
+    partitions = max(spark.sparkContext.defaultParallelism,
+                     -(-n // cfg.featurize.rows_per_partition))
+    classified = clf.classify_images(
+        products.select("product_id", "split", "image").repartition(partitions), trained,
+        cfg.model.batch_size, cfg.tensorflow.intra_op_threads).persist()
+    meta = {"lookbook.model": trained.run_id}
+    good = classified.where(F.col("error").isNull())
+    predictions = good.select("product_id", "predicted", "probability", "probabilities",
+                              "split", F.lit(trained.run_id).alias("run_id"))
+    failures = classified.where(F.col("error").isNotNull()).select(
+        "product_id", F.lit("predict").alias("source"), F.col("error").alias("reason"),
+        F.lit(trained.run_id).alias("detail"))
+    outputs = {"predictions": tables.write("predictions", predictions, metadata=meta),
+               "prediction_rejects": tables.write("prediction_rejects", failures, metadata=meta)}
+    n_good = good.count()
+    n_failed = classified.count() - n_good
+    classified.unpersist()
+    return StepResult(f"{n_good:,} predicted with {trained.run_id}, {n_failed:,} failed",
+                      params={"model": trained.run_id},
+                      metrics={"predicted": n_good, "failed": n_failed}, outputs=outputs)

@@ -1,0 +1,69 @@
+"""Running a job: its steps in order, each one tracked, with progress for the console."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from ..config import Config
+from ..tracking import Tracker
+from . import STEPS, StepResult, pipeline_steps
+
+PIPELINE_JOB = "pipeline"
+
+
+@dataclass
+class StepRun:
+    name: str
+    seconds: float
+    result: StepResult
+    run_id: str | None  # the MLflow run
+
+
+def job_names() -> list[str]:
+    return sorted([*STEPS, PIPELINE_JOB])
+
+
+def job_steps(job: str, cfg: Config) -> list[str]:
+    if job == PIPELINE_JOB:
+        return pipeline_steps(cfg.pipeline.name)
+    if job not in STEPS:
+        raise ValueError(f"no job {job!r}; jobs: {', '.join(job_names())}")
+    return [job]
+
+
+def run_job_steps(spark: SparkSession, cfg: Config, job: str,
+                  progress: Callable[[str], None]) -> tuple[list[StepRun], str | None]:
+    """Run the job's steps; returns what each did and the job's MLflow run id. A pipeline is
+    one run with a nested run per step; a single step is one run."""
+    steps = job_steps(job, cfg)
+    tracker = Tracker(cfg)
+    done: list[StepRun] = []
+    if job != PIPELINE_JOB:
+        with tracker.run(job, tags={"lookbook.job": job}) as run_id:
+            done.append(_run_step(spark, cfg, tracker, job, run_id, 1, 1, progress))
+        return done, run_id
+    name = f"{PIPELINE_JOB}:{cfg.pipeline.name}"
+    with tracker.run(name, tags={"lookbook.job": PIPELINE_JOB,
+                                 "lookbook.pipeline": cfg.pipeline.name}) as parent_id:
+        for i, step in enumerate(steps, 1):
+            with tracker.run(step, nested=True, tags={"lookbook.pipeline": cfg.pipeline.name}) \
+                    as run_id:
+                done.append(_run_step(spark, cfg, tracker, step, run_id, i, len(steps), progress))
+        tracker.record_pipeline([(d.name, d.seconds, d.result.summary) for d in done])
+    return done, parent_id
+
+
+def _run_step(spark: SparkSession, cfg: Config, tracker: Tracker, step: str,
+              run_id: str | None, i: int, n: int, progress: Callable[[str], None]) -> StepRun:
+    progress(f"[{i}/{n}] {step} ...")
+    started = time.time()
+    result = STEPS[step](spark, cfg)
+    seconds = time.time() - started
+    tracker.record(result, seconds)
+    progress(f"[{i}/{n}] {step} done in {seconds:.1f} s: {result.summary}")
+    if result.details:
+        progress(result.details)
+    return StepRun(step, seconds, result, run_id)

@@ -1,0 +1,23 @@
+"""Matplotlib set up for headless jobs, and saving a figure as PNG."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # jobs run headless
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plt", "save_figure"]
+
+
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Render `fig` to `out_png` (folders created) and close it."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    out_png.write_bytes(buffer.getvalue())
+    return out_png

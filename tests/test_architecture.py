@@ -1,0 +1,165 @@
+"""The layout holds: stage subpackages one level deep, no import cycles, domain code never
+imports orchestration, jobs are thin and match the registry, tables only through the
+catalogue, the README's table reference is the catalogue's, conf files hold no defaults."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lookbook.config import Config, flat_config, load_config
+from lookbook.io.catalog import TABLES, reference_markdown
+from lookbook.pipelines import PIPELINES, STEPS
+from lookbook.pipelines.runner import job_names
+
+from conftest import REPO
+
+PACKAGE = REPO / "lib" / "lookbook"
+DOMAIN = ("io", "features", "models", "similarity", "reports")
+# What each domain package may import from lookbook, besides itself.
+ALLOWED = {"io": set(), "features": {"io"}, "models": {"io", "features"},
+           "similarity": {"io"}, "reports": {"io"}}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every lookbook module `path` imports, at the top or inside functions."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("lookbook")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.startswith("lookbook"):
+                found.add(target)
+                # `from .pkg import module` imports a module, not a name
+                found |= {f"{target}.{a.name}" for a in node.names}
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {i for i in imports_of(path) if i in modules and i != name}
+            for name, path in modules.items()}
+
+
+def test_stage_subpackages_are_one_level_deep():
+    packages = sorted(p.parent.relative_to(PACKAGE).as_posix()
+                      for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE)
+    assert packages == sorted([*DOMAIN, "pipelines"])
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the directed graph as a path (first node repeated at the end), or None."""
+    state: dict[str, str] = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [node])):
+            return found
+    return None
+
+
+def test_no_import_cycles(graph):
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_can_fail():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_domain_packages_import_only_what_lies_below_them(graph):
+    for name, imported in graph.items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in DOMAIN:
+            continue
+        area = parts[1]
+        for target in imported:
+            other = target.split(".")[1] if target.count(".") else ""
+            assert other in ALLOWED[area] | {area}, f"{name} imports {target}"
+
+
+def test_jobs_are_thin_and_match_the_registry():
+    files = {p.stem: p.read_text() for p in (REPO / "jobs").glob("*.py")}
+    assert sorted(files) == job_names()
+    for job, text in files.items():
+        code = [line for line in text.splitlines() if line.strip() and not line.startswith(("#", '"', " "))]
+        assert f'run_job("{job}", sys.argv[1:])' in text, job
+        assert len(text.splitlines()) <= 12, f"jobs/{job}.py should only call run_job"
+        assert code == ["import sys", "from lookbook.cli import run_job",
+                        'if __name__ == "__main__":'], job
+
+
+def test_pipelines_and_tables_name_registered_steps():
+    for name, steps in PIPELINES.items():
+        assert steps and set(steps) <= set(STEPS), name
+    assert {t.written_by for t in TABLES.values()} <= set(STEPS)
+
+
+def test_tables_are_written_and_read_only_through_the_catalogue():
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "io":
+            continue
+        text = path.read_text()
+        for call in ("write_table(", "read_table(", "DeltaTable("):
+            assert call not in text, f"{path.relative_to(REPO)} calls {call}"
+
+
+def test_library_code_logs_instead_of_printing():
+    allowed = {PACKAGE / "cli.py", PACKAGE / "io" / "synthetic.py"}  # command-line entry points
+    for path in PACKAGE.rglob("*.py"):
+        if path in allowed:
+            continue
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert not calls, f"{path.relative_to(REPO)}:{calls[0].lineno} prints"
+
+
+def test_readme_table_reference_is_the_catalogue():
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- tables: begin -->\n", "<!-- tables: end -->"
+    assert begin in readme and end in readme, "README lost its generated table reference"
+    shown = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == reference_markdown(), \
+        "README's table reference is stale: python -m lookbook.cli tables-doc"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_conf_files_hold_only_what_differs_from_the_defaults(name):
+    raw = yaml.safe_load((REPO / "conf" / name).read_text()) or {}
+    defaults = flat_config(Config())
+    loaded = flat_config(load_config(REPO / "conf" / name))
+
+    def keys(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and key != "conf":
+                yield from keys(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    same = [k for k in keys(raw) if loaded[k] == defaults[k]]
+    assert not same, f"conf/{name} restates defaults: {same}"
