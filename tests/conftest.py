@@ -2,7 +2,8 @@
 every test needing features shares (ingested and featurized once per session).
 
 Markers (pytest.ini) are set here from the fixtures a test uses: `spark`, `real_data`, and
-`slow` for tests that need a trained model; tests that run whole jobs mark themselves slow.
+`slow` for tests that need a trained model; tests that run a whole job or build every backbone
+mark themselves slow.
 """
 from __future__ import annotations
 
@@ -52,7 +53,11 @@ def real_data() -> Path:
 def spark():
     session = build_spark(
         SparkSettings(master="local[2]", app_name="lookbook-tests", driver_memory="3g",
-                      shuffle_partitions=4),
+                      shuffle_partitions=4,
+                      # A test session is short: C2-compiling Spark's planner costs more CPU
+                      # than it saves (7 % of `make test-fast`); no UI server either.
+                      conf={"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+                            "spark.ui.enabled": "false"}),
         TensorflowSettings())
     yield session
     session.stop()
@@ -66,6 +71,17 @@ def bad_catalogue(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
+def bad_result(spark, bad_catalogue):
+    """The bad catalogue ingested (not written): products, rejects and the summary counts."""
+    from lookbook.io.ingest import ingest_catalogue
+
+    result = ingest_catalogue(spark, str(bad_catalogue[0]), max_image_pixels=50_000_000,
+                              max_file_bytes=1_000_000)
+    yield result
+    result.release()
+
+
+@pytest.fixture(scope="session")
 def weights_cache(tmp_path_factory) -> Path:
     """A fresh weights cache: the offline VGG16 conversion runs once per session, here."""
     return tmp_path_factory.mktemp("weights")
@@ -76,7 +92,7 @@ def catalogue(tmp_path_factory) -> tuple[Path, dict]:
     """The shared synthetic catalogue: every class, bad inputs, and product DUPLICATE_ID
     whose image has the same bytes as the first product's."""
     root = tmp_path_factory.mktemp("catalogue")
-    made = make_catalogue(root, scale=3, seed=7, bad_inputs=True)
+    made = make_catalogue(root, scale=2, seed=7, bad_inputs=True)
     lines = (root / "styles.csv").read_text().splitlines()
     first = lines[1].split(",")
     lines.append(",".join([str(DUPLICATE_ID)] + first[1:]))

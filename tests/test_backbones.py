@@ -46,8 +46,9 @@ def lpips_ckpt() -> Path:
 
 
 @pytest.fixture(scope="module")
-def converted(lpips_ckpt, tmp_path_factory) -> ResolvedWeights:
-    return resolve_weights("vgg16", "imagenet", str(tmp_path_factory.mktemp("weights")))
+def converted(lpips_ckpt, weights_cache) -> ResolvedWeights:
+    """The session's conversion into a fresh cache (conftest.weights_cache)."""
+    return resolve_weights("vgg16", "imagenet", str(weights_cache))
 
 
 # --- registry and input sizes ---------------------------------------------------------------
@@ -70,6 +71,7 @@ def test_too_small_input_is_refused_with_the_minimum(backbone, height, width):
         build_feature_model(backbone, resolve_weights(backbone, "random", ""), height, width)
 
 
+@pytest.mark.slow  # builds every architecture
 @pytest.mark.parametrize("backbone, height, width", [
     ("vgg16", 80, 60), ("vgg19", 32, 32), ("resnet50", 32, 33), ("mobilenetv2", 33, 40),
     ("densenet121", 40, 32), ("inceptionv3", 75, 97), ("xception", 71, 71),

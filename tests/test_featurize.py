@@ -62,13 +62,13 @@ def test_rerun_computes_only_what_is_missing(spark, warehouse_copy):
     assert featurize_step(spark, cfg).summary.startswith("0 computed")
     assert tables.version("features") == version  # nothing rewritten
     other = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
-                       "featurize.height=64", "featurize.width=48")
+                       "featurize.height=32", "featurize.width=32")
     n = tables.read("products").count()
     result = featurize_step(spark, other)
     assert result.summary.startswith(f"{n:,} computed")
     assert result.outputs["features"] == version + 1
     assert len(features_of(spark, cfg, height=80)) == n  # the first settings' rows are kept
-    assert len(features_of(spark, cfg, height=64)) == n
+    assert len(features_of(spark, cfg, height=32)) == n
 
 
 def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, featurized):

@@ -7,20 +7,11 @@ from pyspark.sql import functions as F
 
 from lookbook.config import load_config
 from lookbook.io.catalog import Catalog
-from lookbook.io.ingest import ingest_catalogue, read_styles
+from lookbook.io.ingest import ingest_catalogue, read_styles, sample_filter
 from lookbook.pipelines.catalogue import ingest as ingest_step
 
 MALFORMED_REAL_IDS = [3413, 3418, 3428, 4854, 23100, 23101, 23103, 23107, 23108, 23109, 23110,
                       23111, 23112, 23114, 23115, 23116, 23117, 23118, 23124, 23127, 44065, 59768]
-
-
-@pytest.fixture(scope="module")
-def bad_result(spark, bad_catalogue):
-    root, _ = bad_catalogue
-    result = ingest_catalogue(spark, str(root), max_image_pixels=50_000_000,
-                              max_file_bytes=1_000_000)
-    yield result
-    result.release()
 
 
 def test_good_products_all_ingested_and_nothing_else(bad_result, bad_catalogue):
@@ -102,13 +93,27 @@ def test_step_writes_tables_and_rerun_is_idempotent(spark, bad_catalogue, tmp_pa
     assert same_rows(tables.read("rejects"), tables.read("rejects", version=0))
 
 
-def test_sample_is_deterministic_and_consistent(spark, bad_catalogue):
-    root, _ = bad_catalogue
-    runs = [ingest_catalogue(spark, str(root), 50_000_000, 1_000_000, sample_fraction=0.5)
-            for _ in range(2)]
-    ids = [sorted(r[0] for r in run.products.select("product_id").collect()) for run in runs]
-    assert ids[0] == ids[1] and 0 < len(ids[0]) < 60
-    for run in runs:
+def test_sample_is_deterministic_whatever_the_partitioning(spark):
+    ids = spark.range(1, 2001).withColumnRenamed("id", "product_id")
+    picks = [sorted(r[0] for r in df.where(sample_filter(0.3)).collect())
+             for df in (ids, ids.repartition(7), ids.orderBy(F.desc("product_id")).coalesce(1))]
+    assert picks[0] == picks[1] == picks[2]
+    assert 0.25 < len(picks[0]) / 2000 < 0.35
+    assert ids.where(sample_filter(1.0)).count() == 2000
+
+
+def test_a_sampled_ingest_keeps_products_and_rejects_of_the_sample(spark, bad_catalogue):
+    root, made = bad_catalogue
+    run = ingest_catalogue(spark, str(root), 50_000_000, 1_000_000, sample_fraction=0.5)
+    try:
+        in_sample = {r[0] for r in spark.createDataFrame([(i,) for i in range(100_000, 101_000)],
+                                                         "product_id long")
+                     .where(sample_filter(0.5)).collect()}
+        products = {r[0] for r in run.products.select("product_id").collect()}
+        assert products == set(made["product_ids"]) & in_sample and 0 < len(products) < 60
+        rejected = {r[0] for r in run.rejects.select("product_id").collect()} - {None}
+        assert rejected <= in_sample
+    finally:
         run.release()
 
 

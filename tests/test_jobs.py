@@ -38,6 +38,7 @@ def test_unknown_key_lists_valid_keys():
     assert "unknown config key 'wherehouse'" in out.stderr and "warehouse" in out.stderr
 
 
+@pytest.mark.slow  # starts spark-submit
 def test_unknown_pipeline_lists_the_pipelines(tmp_path):
     out = submit("pipeline", "name=nightly", f"warehouse={tmp_path}")
     assert out.returncode != 0

@@ -105,9 +105,17 @@ def listed_ids(details: str) -> list[int]:
     return [int(line.split()[0]) for line in details.splitlines()[2:]]
 
 
+@pytest.fixture(scope="module")
+def bare_vgg16(warehouse):
+    """VGG16 with the converted ImageNet weights, built here without Spark: the reference."""
+    cfg, _ = warehouse
+    return build_feature_model("vgg16", resolve_weights("vgg16", "imagenet",
+                                                        cfg.featurize.weights_cache), 80, 60)
+
+
 @pytest.mark.parametrize("name, size, mode", [
     ("wide.png", (640, 200), "RGB"), ("grey.png", (33, 97), "L"), ("alpha.png", (300, 400), "RGBA")])
-def test_similar_to_an_outside_photo(spark, warehouse, tmp_path, name, size, mode):
+def test_similar_to_an_outside_photo(spark, warehouse, bare_vgg16, tmp_path, name, size, mode):
     """The k best by cosine against every feature row, computed here with bare Keras and
     numpy from the photo (decoded as featurize decodes: any size, greyscale, alpha on white)."""
     cfg, _ = warehouse
@@ -117,9 +125,7 @@ def test_similar_to_an_outside_photo(spark, warehouse, tmp_path, name, size, mod
     result = similar(spark, query)
     assert result.summary.startswith("3 products")
     assert Path(result.artefacts[0]).stat().st_size > 0
-    model = build_feature_model("vgg16", resolve_weights("vgg16", "imagenet",
-                                                         cfg.featurize.weights_cache), 80, 60)
-    vector = model.predict(to_array(path.read_bytes(), 80, 60)[None].astype("float32"),
+    vector = bare_vgg16.predict(to_array(path.read_bytes(), 80, 60)[None].astype("float32"),
                            verbose=0)[0].astype("float64")
     features = Catalog(spark, cfg.warehouse).read("features").where(F.col("height") == 80).toPandas()
     matrix = np.stack(features["embedding"]).astype("float64")

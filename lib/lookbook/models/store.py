@@ -4,7 +4,8 @@ A folder holds everything needed to use the model, and nothing about how it scor
 model (`model.keras`: raw RGB of any size -> class probabilities) and `model.json` (the label
 column, the labels in output order, the input size, the feature settings and the split it was
 trained with, when it was made). Training history and metrics are run records: they live in
-the tracking store (MLflow), keyed by the same run id.
+the tracking store (MLflow), keyed by the same run id; the pictures of them (training curves,
+`evaluation/`) are written beside the model, for a look without MLflow.
 
 `latest` is the complete folder made last. A folder is written under a temporary name and
 renamed when complete, so a crash mid-save never leaves a model that `latest` could pick.
