@@ -163,3 +163,15 @@ def test_conf_files_hold_only_what_differs_from_the_defaults(name):
 
     same = [k for k in keys(raw) if loaded[k] == defaults[k]]
     assert not same, f"conf/{name} restates defaults: {same}"
+
+
+def test_step_params_never_reuse_a_config_key():
+    """MLflow refuses a param logged twice with two values, and every run logs the config:
+    a step param named like a config key fails the job as soon as the values differ."""
+    config_keys = set(flat_config(Config()))
+    for path in (PACKAGE / "pipelines").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "params" and \
+                    isinstance(node.value, ast.Dict):
+                keys = {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                assert not keys & config_keys, f"{path.name}: {sorted(keys & config_keys)}"

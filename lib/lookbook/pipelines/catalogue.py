@@ -30,7 +30,7 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
     return StepResult(
         f"{result.ingested:,} products, {n_rejects:,} rejects",
         details=format_summary(result),
-        params={"data_dir": str(Path(cfg.data_dir).resolve())},
+        params={"catalogue": str(Path(cfg.data_dir).resolve())},  # data_dir may be relative
         metrics={"styles_rows": result.styles_rows, "image_files": result.image_files,
                  "products": result.ingested, "rejects": n_rejects,
                  **{f"products.{cls}": n for cls, n in result.per_class.items()},
