@@ -37,6 +37,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_tracking_store_in_the_checkout():
+    """Every run belongs in its warehouse's store: MLflow's default, ./mlflow.db in the
+    working directory, appearing in the checkout means some code used no store of ours."""
+    strays = [REPO / "mlflow.db", REPO / "mlruns", REPO / "mlartifacts"]
+    before = {p for p in strays if p.exists()}
+    yield
+    created = [p.name for p in strays if p.exists() and p not in before]
+    assert not created, f"tests left MLflow's default store in the checkout: {created}"
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The real Kaggle catalogue. Absent on a user's fresh machine (skip, visibly); CI sets
