@@ -4,10 +4,34 @@
 # Builds the package for --py-files, derives spark-submit options (master, Spark conf) from the
 # same config the job will load, and runs jobs/JOB.py with Spark's own spark-submit.
 # Extra spark-submit options (e.g. --deploy-mode cluster, --archives env.tar.gz#env) go in
-# SPARK_SUBMIT_ARGS. SPARK_HOME selects a Spark installation; default: the venv's pyspark.
+# SPARK_SUBMIT_ARGS, split by shell rules (quotes and backslashes; no globbing, no variable or
+# command expansion):
+#   SPARK_SUBMIT_ARGS='--conf "spark.driver.extraJavaOptions=-Da=1 -Db=2"' ./spark-submit.sh ...
+# SPARK_HOME selects a Spark installation; default: the venv's pyspark.
+# LOOKBOOK_SUBMIT_DRY_RUN=1 prints the command it would run, one argument after another each
+# ended by a NUL byte, and exits without building or running anything; read it with
+#   LOOKBOOK_SUBMIT_DRY_RUN=1 ./spark-submit.sh JOB ... | tr '\0' '\n'
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-JOBS="$(cd "$ROOT/jobs" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')"
+
+# A job is a jobs/NAME.py whose name is a plain identifier: nothing else (../x, __init__, a/b,
+# -x) is ever turned into a path.
+VALID_JOBS=()
+for file in "$ROOT"/jobs/*.py; do
+  name="$(basename "$file" .py)"
+  if [[ "$name" =~ ^[a-z][a-z0-9_]*$ ]]; then
+    VALID_JOBS+=("$name")
+  fi
+done
+JOBS="${VALID_JOBS[*]}"
+
+is_job() {
+  local job
+  for job in "${VALID_JOBS[@]}"; do
+    [[ "$1" == "$job" ]] && return 0
+  done
+  return 1
+}
 
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
   echo "usage: $0 JOB [--conf FILE] [key=value ...]"
@@ -15,7 +39,7 @@ if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then
   exit 2
 fi
 JOB="$1"; shift
-if [[ ! -f "$ROOT/jobs/$JOB.py" ]]; then
+if ! is_job "$JOB"; then
   echo "spark-submit.sh: unknown job '$JOB'; valid jobs: $JOBS" >&2
   exit 2
 fi
@@ -32,23 +56,57 @@ else
 fi
 
 # The job gets an explicit config path: inside the --py-files zip the package cannot find conf/.
-if [[ " $* " != *" --conf "* ]]; then
+HAS_CONF=0
+for arg in "$@"; do
+  if [[ "$arg" == --conf || "$arg" == --conf=* ]]; then
+    HAS_CONF=1
+  fi
+done
+if [[ $HAS_CONF == 0 ]]; then
   set -- --conf "$ROOT/conf/local.yaml" "$@"
 fi
 
-# Validates the config first: an unknown key fails here, listing the valid ones.
-OPTIONS="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli submit-options "$JOB" "$@")"
-mapfile -t SUBMIT_OPTIONS <<< "$OPTIONS"
-PACKAGE="$(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli package "$ROOT/build/lookbook.zip")"
+# Lists travel NUL-separated through files: a value may hold spaces, quotes or newlines, and
+# $(...) would drop NULs and hide a failing command's status.
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
 
+# Validates the config first: an unknown key fails here, listing the valid ones.
+(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli submit-options "$JOB" "$@") \
+  > "$WORK/options"
+mapfile -d '' SUBMIT_OPTIONS < "$WORK/options"
+
+# shlex, not eval: quotes are honoured, nothing is expanded or executed.
+SPLIT_ARGS='
+import shlex, sys
+try:
+    args = shlex.split(sys.argv[1])
+except ValueError as exc:
+    sys.exit(f"spark-submit.sh: SPARK_SUBMIT_ARGS does not parse: {exc}")
+sys.stdout.write("".join(arg + "\0" for arg in args))
+'
+"$PYTHON" -c "$SPLIT_ARGS" "${SPARK_SUBMIT_ARGS:-}" > "$WORK/extra" || exit 2
+mapfile -d '' EXTRA_OPTIONS < "$WORK/extra"
+
+PACKAGE="$ROOT/build/lookbook.zip"
+LOG_OPTIONS=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
+COMMAND=("$SUBMIT" "${SUBMIT_OPTIONS[@]}" "${LOG_OPTIONS[@]}" "${EXTRA_OPTIONS[@]}"
+         --py-files "$PACKAGE" "$ROOT/jobs/$JOB.py" "$@")
+if [[ "${LOOKBOOK_SUBMIT_DRY_RUN:-}" == 1 ]]; then
+  printf '%s\0' "${COMMAND[@]}"
+  exit 0
+fi
+
+(cd "$ROOT" && PYTHONPATH="$ROOT/lib" "$PYTHON" -m lookbook.cli package "$PACKAGE") > /dev/null
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PYTHON}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PYTHON}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-if [[ "$OPTIONS" == *$'--master\nlocal'* ]]; then
-  export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-fi
+for ((i = 0; i + 1 < ${#SUBMIT_OPTIONS[@]}; i++)); do
+  if [[ "${SUBMIT_OPTIONS[i]}" == --master && "${SUBMIT_OPTIONS[i + 1]}" == local* ]]; then
+    export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+  fi
+done
 cd "$ROOT"
-LOG_OPTIONS=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
-# shellcheck disable=SC2086  # SPARK_SUBMIT_ARGS is a list of options
-exec "$SUBMIT" "${SUBMIT_OPTIONS[@]}" "${LOG_OPTIONS[@]}" ${SPARK_SUBMIT_ARGS:-} --py-files "$PACKAGE" \
-  "$ROOT/jobs/$JOB.py" "$@"
+rm -rf "$WORK"
+trap - EXIT
+exec "${COMMAND[@]}"

@@ -1,6 +1,6 @@
 """Argument handling shared by every job, and the helpers `spark-submit.sh` calls.
 
-    python -m lookbook.cli submit-options JOB [--conf FILE] [key=value ...]
+    python -m lookbook.cli submit-options JOB [--conf FILE] [key=value ...]   NUL-terminated
     python -m lookbook.cli package OUT.zip
     python -m lookbook.cli config [--conf FILE] [key=value ...]   the effective config as YAML
     python -m lookbook.cli tables-doc                             README's table reference
@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
             print(package(argv[1]))
         elif argv[:1] == ["submit-options"] and len(argv) >= 2:
             cfg = parse_job_args(argv[1], argv[2:])
-            print("\n".join(submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)))
+            # NUL-terminated: a conf value may contain a newline (spark-submit.sh reads them
+            # with mapfile -d '').
+            options = submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)
+            sys.stdout.write("".join(f"{option}\0" for option in options))
         elif argv[:1] == ["config"]:
             print(config_yaml(parse_job_args("config", argv[1:])), end="")
         elif argv == ["tables-doc"]:

@@ -1,0 +1,78 @@
+"""spark-submit.sh itself: what command it builds (LOOKBOOK_SUBMIT_DRY_RUN=1 prints it,
+NUL-separated, instead of running Spark) and which job names it refuses."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = str(REPO / "spark-submit.sh")
+
+
+def run_script(*args, **env):
+    return subprocess.run([SUBMIT, *args], capture_output=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "LOOKBOOK_PYTHON": sys.executable,
+                               "LOOKBOOK_SUBMIT_DRY_RUN": "1", **env})
+
+
+def command(*args, **env) -> list[str]:
+    """The argv spark-submit.sh would exec."""
+    out = run_script(*args, **env)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.endswith(b"\0")
+    return out.stdout.decode().split("\0")[:-1]
+
+
+def after(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == option]
+
+
+def test_dry_run_prints_the_whole_command():
+    argv = command("ingest", "warehouse=/tmp/wh")
+    assert argv[0].endswith("spark-submit")
+    assert argv[-4:] == [str(REPO / "jobs" / "ingest.py"), "--conf",
+                         str(REPO / "conf" / "local.yaml"), "warehouse=/tmp/wh"]
+    assert after(argv, "--py-files") == [str(REPO / "build" / "lookbook.zip")]
+    assert "spark.sql.session.timeZone=UTC" in after(argv, "--conf")
+
+
+def test_spark_submit_args_are_split_by_shell_rules_without_globbing(tmp_path):
+    (tmp_path / "match-me").write_text("")  # what an unquoted * would expand to
+    argv = command("ingest", SPARK_SUBMIT_ARGS="--conf \"spark.driver.extraJavaOptions=-Da=1 "
+                   "-Db=2\" --files 'a b.txt' * $HOME `id` --name x\\ y")
+    start = argv.index("--py-files") - 9
+    assert argv[start:start + 9] == ["--conf", "spark.driver.extraJavaOptions=-Da=1 -Db=2",
+                                     "--files", "a b.txt", "*", "$HOME", "`id`", "--name", "x y"]
+
+
+def test_spark_submit_args_with_unbalanced_quotes_are_refused():
+    out = run_script("ingest", SPARK_SUBMIT_ARGS="--conf \"spark.x=1")
+    assert out.returncode == 2 and out.stdout == b""
+    assert b"SPARK_SUBMIT_ARGS does not parse: No closing quotation" in out.stderr
+
+
+def test_a_config_value_with_a_newline_stays_one_argument(tmp_path):
+    conf = tmp_path / "newline.yaml"
+    conf.write_text('spark:\n  conf:\n    spark.driver.extraJavaOptions: "-Da=1\\n--master yarn"\n')
+    argv = command("ingest", "--conf", str(conf))
+    assert "spark.driver.extraJavaOptions=-Da=1\n--master yarn" in after(argv, "--conf")
+    assert after(argv, "--master") == ["local[*]"]
+
+
+@pytest.mark.parametrize("job", ["../setup", "__init__", "jobs/ingest", "ingest/", "-h2",
+                                 "--conf", "ingest.py", "", "in*", "../jobs/ingest"])
+def test_names_that_are_not_a_job_are_refused_with_the_valid_jobs(job):
+    out = run_script(job)
+    assert out.returncode == 2 and out.stdout == b""
+    assert f"unknown job '{job}'; valid jobs: ".encode() in out.stderr
+    listed = out.stderr.decode().split("valid jobs: ")[1].split()
+    assert {"ingest", "featurize", "pipeline"} <= set(listed)
+    assert not any(name.startswith("_") for name in listed)
+
+
+def test_an_explicit_conf_is_not_replaced():
+    argv = command("ingest", "--conf=conf/cluster.yaml")
+    assert argv[-1] == "--conf=conf/cluster.yaml"
+    assert str(REPO / "conf" / "local.yaml") not in argv
