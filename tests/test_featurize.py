@@ -1,22 +1,30 @@
 """Featurize over Spark: real VGG16 ImageNet weights, workers' features equal bare Keras', reruns
 compute only what is missing, undecodable images become rejects."""
+import io
 import random
+import shutil
 
+import keras
 import numpy as np
+import pytest
+from PIL import Image
 from pyspark.sql import functions as F
 
+from lookbook.features import backbones
 from lookbook.features.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
 from lookbook.features.featurize import (
     FeatureModelSpec,
     build_model,
     embed_batch,
     embed_images,
+    materialise_weights,
     plan_featurize,
     prepare_model,
 )
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
 from lookbook.io.synthetic import draw_product, jpeg_bytes
+from lookbook.pipelines.catalogue import ingest as ingest_step
 from lookbook.pipelines.features import featurize as featurize_step
 
 from conftest import config_for
@@ -100,7 +108,7 @@ def test_random_weights_are_labelled_and_identical_across_workers(spark, featuri
     """Random init happens once, on the driver, into one shipped file: every Python worker
     then computes the same features for the same image, and the driver's model agrees."""
     spec = prepare_model(spark, "vgg16", "random", str(tmp_path), 32, 32)
-    assert spec.weights == RANDOM_SOURCE
+    assert spec.weights.startswith(RANDOM_SOURCE + " sha256:")
     image = (Catalog(spark, featurized.warehouse).read("products")
              .orderBy("product_id").first()["image"])
     copies = spark.createDataFrame([(i, bytearray(image)) for i in range(8)],
@@ -139,3 +147,139 @@ def test_embed_batch_keeps_going_past_bad_images(tmp_path):
     assert out["error"].isna().tolist() == [True, False, True, True]
     assert out["embedding"][1] is None and len(out["embedding"][3]) == 1024
     np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], rtol=1e-5)
+
+
+# --- reliability: weights identity, precision policy, non-finite features, deleted products --
+
+def save_vgg16_weights(path, seed, poison=None):
+    """A real VGG16 weights file (random init from `seed`); `poison` (layer, value) sets that
+    conv layer's every bias to the value."""
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.VGG16(include_top=False, weights=None)
+    if poison:
+        layer, value = poison
+        kernel, bias = model.get_layer(layer).get_weights()
+        model.get_layer(layer).set_weights([kernel, np.full_like(bias, value)])
+    model.save_weights(path)
+    return path
+
+
+def small_warehouse(spark, featurized, tmp_path, *overrides, products=5):
+    """A warehouse of the shared catalogue's first `products` products, featurised at 32x32."""
+    local = config_for(featurized.data_dir, tmp_path / "wh", featurized.featurize.weights_cache,
+                       "featurize.height=32", "featurize.width=32", *overrides)
+    rows = Catalog(spark, featurized.warehouse).read("products").orderBy("product_id").limit(products)
+    Catalog(spark, local.warehouse).write("products", rows)
+    return local
+
+
+def test_weights_file_changed_in_place_is_not_reused(spark, featurized, tmp_path):
+    path = save_vgg16_weights(tmp_path / "mine.weights.h5", seed=0)
+    cfg = small_warehouse(spark, featurized, tmp_path, f"featurize.weights={path}")
+    assert featurize_step(spark, cfg).summary.startswith("5 computed")
+    before = features_of(spark, cfg)
+    save_vgg16_weights(path, seed=1)  # same path, other weights
+
+    assert featurize_step(spark, cfg).summary.startswith("5 computed")
+    rows = Catalog(spark, cfg.warehouse).read("features").collect()
+    label = f"file:{path.resolve()} sha256:{backbones.sha256_of(path)[:12]}"
+    assert len({r["weights"] for r in rows}) == 2  # the old rows are kept, as other settings
+    after = {r["product_id"]: np.array(r["embedding"]) for r in rows if r["weights"] == label}
+    assert set(after) == set(before)
+    assert not any(np.allclose(after[pid], before[pid]) for pid in before)
+
+
+@pytest.mark.parametrize("poison, reason", [
+    # An inf bias in the last layer reaches the features; a NaN one in the first is turned
+    # into zeros by the ReLUs (TensorFlow's max(NaN, 0) is 0): both vectors have no direction.
+    (("block5_conv3", np.inf), "embedding is not finite (NaN/inf)"),
+    (("block1_conv1", np.nan), "embedding is all zeros")])
+def test_broken_weights_make_feature_rejects_never_features(spark, featurized, tmp_path, poison,
+                                                            reason):
+    path = save_vgg16_weights(tmp_path / "broken.weights.h5", seed=0, poison=poison)
+    cfg = small_warehouse(spark, featurized, tmp_path, f"featurize.weights={path}")
+    result = featurize_step(spark, cfg)
+    assert result.summary.startswith("0 computed, 0 already done, 5 failed")
+    tables = Catalog(spark, cfg.warehouse)
+    assert tables.read("features").count() == 0
+    assert {r["reason"] for r in tables.read("feature_rejects").collect()} == {reason}
+
+
+def log_of_mean_brightness():
+    """A real tiny Keras model: per channel log(mean pixel / 255). A black image gives -inf,
+    a white one exactly 0 in every channel, anything between a finite non-zero vector."""
+    images = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(images)
+    return keras.Model(images, keras.layers.Lambda(lambda x: keras.ops.log(x / 255.0))(pooled))
+
+
+def png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_embeddings_without_a_direction_are_errors_not_vectors():
+    spec = FeatureModelSpec("tiny", "", "none", "none", 32, 32, batch_size=4)
+    out = embed_batch(log_of_mean_brightness(), [png((90, 120, 200)), png((0, 0, 0)),
+                                                 png((255, 255, 255)), b"bad"], spec)
+    assert out["error"].tolist()[:3] == [None, "embedding is not finite (NaN/inf)",
+                                         "embedding is all zeros"]
+    assert "does not decode" in out["error"][3]
+    assert np.isfinite(out["embedding"][0]).all() and out["embedding"][0].any()
+    assert out["embedding"][1:].isna().all()
+
+
+def test_an_fp32_model_built_after_a_bf16_one_is_float32(tmp_path):
+    resolved = resolve_weights("vgg16", "random", str(tmp_path))
+    weights = materialise_weights("vgg16", resolved, tmp_path)
+    specs = [FeatureModelSpec("vgg16", weights.name, resolved.source, resolved.preprocessing,
+                              32, 32, precision) for precision in ("bf16", "fp32")]
+    bf16, fp32 = (build_model(spec, str(weights)) for spec in specs)
+    assert bf16.get_layer("vgg16").get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert fp32.get_layer("vgg16").get_layer("block1_conv1").compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    pixels = np.full((1, 32, 32, 3), 128, dtype="float32")
+    assert fp32.predict(pixels, verbose=0).dtype == np.float32
+
+
+def test_rows_of_a_deleted_product_go_even_when_nothing_is_new(spark, warehouse_copy, tmp_path):
+    """Ingest, featurize, remove a product from styles.csv, ingest again, featurize again."""
+    data = tmp_path / "catalogue"
+    shutil.copytree(warehouse_copy.data_dir, data)
+    cfg = config_for(data, warehouse_copy.warehouse, warehouse_copy.featurize.weights_cache)
+    lines = (data / "styles.csv").read_text().splitlines(keepends=True)
+    gone = int(lines[1].split(",")[0])
+    (data / "styles.csv").write_text("".join(lines[:1] + lines[2:]))
+    ingest_step(spark, cfg)
+    assert gone not in {r["product_id"] for r in
+                        Catalog(spark, cfg.warehouse).read("products").collect()}
+
+    result = featurize_step(spark, cfg)
+
+    assert result.summary.startswith("0 computed") and "1 stale dropped" in result.summary
+    assert gone not in features_of(spark, cfg)
+    assert len(features_of(spark, cfg)) == Catalog(spark, cfg.warehouse).read("products").count()
+
+
+def test_unusable_rows_of_an_older_table_are_computed_again(spark, warehouse_copy):
+    """A features table written before featurize rejected NaN / zero vectors: a re-run
+    replaces them (the neighbours step skips them meanwhile, see test_similarity)."""
+    tables = Catalog(spark, warehouse_copy.warehouse)
+    features = tables.read("features")
+    first, second = [r["product_id"] for r in features.orderBy("product_id").limit(2).collect()]
+    tables.write("features", poisoned(features, {first: float("nan"), second: 0.0}))
+    result = featurize_step(spark, warehouse_copy)
+    assert result.summary.startswith("2 computed") and "2 stale dropped" in result.summary
+    vectors = features_of(spark, warehouse_copy)
+    assert all(np.isfinite(vectors[pid]).all() and vectors[pid].any() for pid in (first, second))
+
+
+def poisoned(features, values: dict):
+    """`features` with the embeddings of the given products replaced by one value repeated."""
+    embedding = F.col("embedding")
+    for pid, value in values.items():
+        embedding = F.when(F.col("product_id") == pid,
+                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
+                           ).otherwise(embedding)
+    return features.withColumn("embedding", embedding)

@@ -11,7 +11,14 @@ from pyspark.sql import functions as F
 from lookbook.features.backbones import build_feature_model, resolve_weights
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
-from lookbook.pipelines.similarity import duplicates, evaluate_neighbours, neighbours, similar
+from lookbook.pipelines.similarity import (
+    duplicates,
+    evaluate_neighbours,
+    neighbours,
+    similar,
+    stale_note,
+)
+from lookbook.reports.gallery import gallery_queries, gallery_rows
 from lookbook.similarity.relevance import relevance_metrics
 
 from conftest import DUPLICATE_ID, config_for
@@ -77,6 +84,29 @@ def test_relevance_metrics_by_hand(spark):
     # AP@2: q1 hit at rank 2 -> (1/2)/2; q2 hits at 1, 2 -> (1 + 1)/2; q4 hit at 1 -> 1/1.
     assert m["mAP@2"] == pytest.approx((0.25 + 1 + 0 + 1 + 0) / 5)
     assert m["precision@2 random"] == pytest.approx((3 / 6) ** 2 + (2 / 6) ** 2 + (1 / 6) ** 2)
+    assert m["singletons"] == 1
+
+
+def test_products_alone_in_their_class_are_not_queries(spark):
+    """No relevant product exists for them: their P@k, R@k and AP@k are undefined. A
+    definition where every class has one product has no query and reports NaN."""
+    products = spark.createDataFrame([(1, "a"), (2, "b"), (3, "c")],
+                                     "product_id long, article_type string")
+    table = spark.createDataFrame([(1, 1, 2), (2, 1, 3), (3, 1, 1)],
+                                  "product_id long, rank int, neighbour_id long")
+    m = relevance_metrics(table, products, 2, {"articleType": ["article_type"]}).iloc[0]
+    assert (m["queries"], m["singletons"]) == (0, 3)
+    assert np.isnan([m["precision@2"], m["recall@2"], m["mAP@2"]]).all()
+    assert m["precision@2 random"] == pytest.approx(3 * (1 / 3) ** 2)
+    assert m["recall@2 random"] == pytest.approx(2 / 2)
+
+
+def test_a_catalogue_of_one_product_has_no_baseline_recall(spark):
+    products = spark.createDataFrame([(1, "a")], "product_id long, article_type string")
+    table = spark.createDataFrame([], "product_id long, rank int, neighbour_id long")
+    m = relevance_metrics(table, products, 5, {"articleType": ["article_type"]}).iloc[0]
+    assert (m["queries"], m["singletons"]) == (0, 1)
+    assert np.isnan(m["recall@5 random"]) and m["precision@5 random"] == 1.0
 
 
 def test_duplicates_mark_identical_bytes(spark, warehouse):
@@ -153,3 +183,97 @@ def test_similar_by_product_reads_the_neighbours_table(spark, warehouse):
                 .where(F.col("product_id") == original).orderBy("rank").toPandas())
     assert listed_ids(result.details) == expected["neighbour_id"].tolist()
     assert listed_ids(result.details)[0] == DUPLICATE_ID
+
+
+# --- older tables: features without a direction, neighbours of deleted products -------------
+
+def poisoned(features, values: dict):
+    """`features` with the embeddings of the given products replaced by one value repeated."""
+    embedding = F.col("embedding")
+    for pid, value in values.items():
+        embedding = F.when(F.col("product_id") == pid,
+                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
+                           ).otherwise(embedding)
+    return features.withColumn("embedding", embedding)
+
+
+def test_neighbours_skip_features_without_a_direction(spark, warehouse_copy):
+    """A features table from before featurize rejected them: a NaN and an all-zero vector are
+    neither queries nor neighbours, and the step says so."""
+    cfg = warehouse_copy
+    tables = Catalog(spark, cfg.warehouse)
+    features = tables.read("features")
+    bad = [r["product_id"] for r in features.orderBy("product_id").limit(2).collect()]
+    tables.write("features", poisoned(features, {bad[0]: float("nan"), bad[1]: 0.0}))
+    result = neighbours(spark, cfg)
+    assert "2 skipped: features not finite (NaN/inf) or all zeros" in result.summary
+    table = tables.read("neighbours").toPandas()
+    assert not set(bad) & (set(table["product_id"]) | set(table["neighbour_id"]))
+    assert table["score"].notna().all()
+    assert table["product_id"].nunique() == features.count() - 2
+
+
+def test_similar_to_a_photo_never_returns_features_without_a_direction(spark, warehouse,
+                                                                       warehouse_copy, tmp_path):
+    cfg = warehouse_copy
+    tables = Catalog(spark, cfg.warehouse)
+    features = tables.read("features")
+    bad = features.orderBy("product_id").first()["product_id"]
+    tables.write("features", poisoned(features, {bad: float("nan")}))
+    path = photo(tmp_path, "red.png", (60, 80), "RGB")
+    query = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       f"similar.image={path}", f"similar.k={features.count()}")
+    listed = listed_ids(similar(spark, query).details)
+    assert bad not in listed and len(listed) == features.count() - 1
+
+
+@pytest.fixture
+def stale(spark, warehouse, warehouse_copy):
+    """A copy of the warehouse (with its neighbours table) from which product DUPLICATE_ID,
+    the first neighbour of `original`, was then deleted."""
+    cfg = warehouse_copy
+    tables = Catalog(spark, cfg.warehouse)
+    tables.write("products", tables.read("products").where(F.col("product_id") != DUPLICATE_ID))
+    return cfg, warehouse[1]
+
+
+def test_similar_by_product_leaves_out_deleted_neighbours_with_a_note(spark, stale):
+    cfg, original = stale
+    query = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                       f"similar.product_id={original}")
+    details = similar(spark, query).details
+    body, note = details.rsplit("\n", 1)
+    assert note.startswith("note: 1 of the neighbours are no longer in products")
+    expected = (Catalog(spark, cfg.warehouse).read("neighbours")
+                .where(F.col("product_id") == original).orderBy("rank").toPandas())
+    assert listed_ids(body) == [n for n in expected["neighbour_id"] if n != DUPLICATE_ID]
+
+
+def test_similar_by_product_names_what_is_missing(spark, stale):
+    cfg, original = stale
+    gone = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                      f"similar.product_id={DUPLICATE_ID}")
+    with pytest.raises(ValueError, match=f"product {DUPLICATE_ID} is not in the catalogue"):
+        similar(spark, gone)
+    tables = Catalog(spark, cfg.warehouse)
+    tables.write("neighbours", tables.read("neighbours").where(F.col("product_id") != original))
+    unlisted = config_for(cfg.data_dir, cfg.warehouse, cfg.featurize.weights_cache,
+                          f"similar.product_id={original}")
+    with pytest.raises(ValueError, match="has no rows in the neighbours table"):
+        similar(spark, unlisted)
+
+
+def test_gallery_of_a_stale_neighbours_table_leaves_deleted_products_out(spark, stale):
+    cfg, original = stale
+    tables = Catalog(spark, cfg.warehouse)
+    table, products = tables.read("neighbours"), tables.read("products")
+    queries = pd.DataFrame({"product_id": [original, DUPLICATE_ID], "why": ["query", "gone"]})
+    rows = gallery_rows(queries, table, products)
+    assert len(rows) == 1 and "(1 gone from products)" in rows[0]["title"]
+    assert DUPLICATE_ID not in [n[0] for n in rows[0]["neighbours"]]
+    assert len(rows[0]["neighbours"]) == cfg.neighbours.k - 1
+    chosen = gallery_queries(table, products, 1, extremes=10**6)
+    assert DUPLICATE_ID not in set(chosen["product_id"])
+    expected = table.where((F.col("product_id") == DUPLICATE_ID)
+                           | (F.col("neighbour_id") == DUPLICATE_ID)).count()
+    assert stale_note(table, products).startswith(f"{expected:,} neighbours rows name products")

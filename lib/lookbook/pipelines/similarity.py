@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..features.featurize import driver_feature_model, embed_batch
+from ..features.featurize import driver_feature_model, embed_batch, usable_embedding
 from ..io.images import read_image_file
 from ..reports.gallery import gallery_queries, gallery_rows, plot_gallery
 from ..reports.html import write_html
@@ -30,11 +30,15 @@ def neighbours(spark: SparkSession, cfg: Config) -> StepResult:
     n = cfg.neighbours
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
-    features = current_features(tables, spec, *n.same).persist()
+    found = current_features(tables, spec, *n.same)
+    # Defence against tables written before featurize rejected them: one NaN vector would
+    # make a whole block's scores NaN, an all-zero one has no direction.
+    features = found.filter(usable_embedding()).persist()
     count = features.count()
+    unusable = found.count() - count
     if not count:
-        raise RuntimeError(f"no features with the settings {spec.settings()}: run featurize "
-                           f"with the same featurize.* config first")
+        raise RuntimeError(f"no usable features with the settings {spec.settings()}: run "
+                           f"featurize with the same featurize.* config first")
     started = time.time()
     result, path = nearest_neighbours(
         features.select("product_id", "embedding", "sha256", *n.same), n.k, n.block_rows,
@@ -49,11 +53,14 @@ def neighbours(spark: SparkSession, cfg: Config) -> StepResult:
     rows = result.count()
     result.unpersist()
     features.unpersist()
+    skipped = (f"; {unusable:,} skipped: features not finite (NaN/inf) or all zeros, "
+               f"run featurize again to recompute them" if unusable else "")
     return StepResult(
-        f"{count:,} products x top-{n.k} ({path}) in {seconds:.1f} s",
-        details=f"{rows:,} rows in {tables.path('neighbours')} (version {version})",
+        f"{count:,} products x top-{n.k} ({path}) in {seconds:.1f} s{skipped}",
+        details=f"{rows:,} rows in {tables.path('neighbours')} (version {version}){skipped}",
         params={**spec_params(spec), "path": path},
-        metrics={"products": count, "rows": rows, "seconds_top_k": seconds},
+        metrics={"products": count, "rows": rows, "seconds_top_k": seconds,
+                 "unusable_features": unusable},
         outputs={"neighbours": version})
 
 
@@ -70,19 +77,33 @@ def evaluate_neighbours(spark: SparkSession, cfg: Config) -> StepResult:
     queries = gallery_queries(table, products, n.gallery_per_class)
     gallery = plot_gallery(gallery_rows(queries, table, products), out / "gallery.png")
     shown = metrics.round(4)
+    stale = stale_note(table, products)
     page = write_html(out / "index.html", "lookbook: visual neighbours", [
+        *([("Note: stale neighbours table", stale)] if stale else []),
         (f"Relevance of the top-{n.k} (random baselines beside)", shown),
         ("Neighbours of sample products of every class, and the best and worst", gallery),
     ])
     strict = metrics.set_index("relevance").loc["articleType+baseColour+usage"]
     scores = {f"{column}.{row['relevance']}": float(row[column])
               for _, row in metrics.iterrows() for column in metrics.columns
-              if column not in ("relevance", "queries")}
+              if column not in ("relevance", "queries", "singletons")}
     return StepResult(
         f"P@{n.k} articleType {metrics.iloc[0][f'precision@{n.k}']:.3f}, "
         f"articleType+baseColour+usage {strict[f'precision@{n.k}']:.3f}",
-        details=f"{shown.to_string(index=False)}\nreport: {page}",
+        details=f"{shown.to_string(index=False)}\nreport: {page}" + (f"\n{stale}" if stale else ""),
         metrics=scores, artefacts=[out])
+
+
+def stale_note(neighbours: DataFrame, products: DataFrame) -> str:
+    """A line saying how many neighbours rows name products no longer in `products` (the
+    table is older than the catalogue; reports leave those out), or "" when none do."""
+    ids = products.select("product_id")
+    known = (neighbours.join(ids, "product_id", "left_semi")
+             .join(ids.withColumnRenamed("product_id", "neighbour_id"), "neighbour_id",
+                   "left_semi"))
+    gone = neighbours.count() - known.count()
+    return (f"{gone:,} neighbours rows name products no longer in products and are left out: "
+            f"run the neighbours job again" if gone else "")
 
 
 @step("duplicates")
@@ -142,13 +163,16 @@ def similar(spark: SparkSession, cfg: Config) -> StepResult:
     products = tables.read("products")
     out = Path(cfg.reports_dir) / "similar"
     if q.product_id:
+        query = products.where(F.col("product_id") == q.product_id).select("image").first()
+        if query is None:
+            raise ValueError(f"product {q.product_id} is not in the catalogue (table products)")
         found = (tables.read("neighbours")
                  .where(F.col("product_id") == q.product_id).where(F.col("rank") <= q.k)
                  .select("neighbour_id", "score").toPandas())
         if found.empty:
-            raise ValueError(f"product {q.product_id} has no neighbours: not in the catalogue, "
-                             f"or run the neighbours job")
-        image = products.where(F.col("product_id") == q.product_id).first()["image"]
+            raise ValueError(f"product {q.product_id} has no rows in the neighbours table (the "
+                             f"table is older than the product?): run the neighbours job")
+        image = query["image"]
         title, png = f"product {q.product_id}", out / f"product_{q.product_id}.png"
     else:
         image = read_image_file(q.image)
@@ -166,12 +190,16 @@ def similar(spark: SparkSession, cfg: Config) -> StepResult:
                     "master_category", "article_type", "image").toPandas())
     table = found.merge(info, on="neighbour_id").sort_values(["score", "neighbour_id"],
                                                             ascending=[False, True])
+    gone = len(found) - len(table)
+    note = (f"\nnote: {gone} of the neighbours are no longer in products and are left out: "
+            f"the neighbours table is older than the catalogue, run the neighbours job"
+            if gone else "")
     gallery = plot_gallery([{"title": f"query\n{title}", "image": bytes(image), "neighbours": [
         (int(r.neighbour_id), r.display_name, float(r.score), bytes(r.image))
         for r in table.itertuples()]}], png)
     shown = table.drop(columns="image").rename(columns={"neighbour_id": "product_id"})
     return StepResult(f"{len(shown)} products, gallery {gallery}",
-                      details=f"similar to {title}:\n{shown.to_string(index=False)}",
+                      details=f"similar to {title}:\n{shown.to_string(index=False)}{note}",
                       params={"query": q.image or f"product {q.product_id}", "k": q.k},
                       metrics={"best_score": float(shown["score"].max()) if len(shown) else 0.0},
                       artefacts=[gallery])

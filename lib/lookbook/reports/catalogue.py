@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..io.images import to_rgb
-from .figures import plt, save_figure
+from .figures import PLAIN, plt, save_figure
 
 
 def class_counts(products: DataFrame, column: str = "master_category") -> pd.DataFrame:
@@ -30,14 +30,14 @@ def sample_per_class(products: DataFrame, per_class: int,
 def plot_class_balance(counts: pd.DataFrame, out_png: str | Path, title: str) -> Path:
     """Bar charts on a linear and a log scale: on a linear axis the smallest classes vanish."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    positions = range(len(counts))
     for ax, log in zip(axes, (False, True)):
-        bars = ax.bar(counts["class"], counts["count"], color="#4472c4")
+        bars = ax.bar(positions, counts["count"], color="#4472c4")
         ax.set_yscale("log" if log else "linear")
-        ax.set_title(f"{title} ({'log' if log else 'linear'} scale)")
+        ax.set_title(f"{title} ({'log' if log else 'linear'} scale)", **PLAIN)
         ax.set_ylabel("products")
-        ax.tick_params(axis="x", rotation=35)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
+        ax.set_xticks(positions, [str(c) for c in counts["class"]], rotation=35, ha="right",
+                      **PLAIN)
         ax.bar_label(bars, labels=[f"{c:,}" for c in counts["count"]], fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out_png)
@@ -54,7 +54,7 @@ def plot_samples(samples: pd.DataFrame, out_png: str | Path,
         ax.axis("off")
     for r, cls in enumerate(classes):
         rows = samples[samples[column].fillna("(none)") == cls]
-        axes[r][0].set_title(cls, loc="left", fontsize=9, fontweight="bold")
+        axes[r][0].set_title(cls, loc="left", fontsize=9, fontweight="bold", **PLAIN)
         for c, (_, item) in enumerate(rows.iterrows()):
             axes[r][c].imshow(to_rgb(bytes(item["image"])))
             axes[r][c].text(0.5, -0.08, str(item["product_id"]), fontsize=7, ha="center",

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..io.images import to_rgb
-from .figures import plt, save_figure
+from .figures import PLAIN, plt, save_figure
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], out_png: str | Path) -> Path:
@@ -22,8 +22,8 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], out_png: str |
         shown = np.log1p(matrix) if matrix is counts else matrix
         ax.imshow(shown, cmap="Blues")
         ax.set_title(f"Confusion matrix ({title})")
-        ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8, **PLAIN)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8, **PLAIN)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         top = shown.max() or 1
@@ -62,7 +62,7 @@ def plot_misclassified(examples: pd.DataFrame, out_png: str | Path, per_row: int
     for ax, (_, item) in zip(axes.flat, examples.iterrows()):
         ax.imshow(to_rgb(bytes(item["image"])))
         ax.set_title(f"{item['product_id']}\n{item['true']}\n-> {item['predicted']} "
-                     f"({item['probability']:.2f})", fontsize=6.5)
+                     f"({item['probability']:.2f})", fontsize=6.5, **PLAIN)
     if examples.empty:
         axes.flat[0].text(0.5, 0.5, "no misclassified examples", ha="center", va="center")
     fig.tight_layout()

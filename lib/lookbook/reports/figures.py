@@ -9,7 +9,12 @@ import matplotlib
 matplotlib.use("Agg")  # jobs run headless
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plt", "save_figure"]
+__all__ = ["PLAIN", "plt", "save_figure"]
+
+# Keyword arguments for every Text made from data (names, classes, labels): shown as written.
+# Matplotlib otherwise reads a pair of `$` as mathtext, and a product name like
+# "Tee $5_$ off" fails the whole figure.
+PLAIN = {"parse_math": False}
 
 
 def save_figure(fig, out_png: str | Path) -> Path:

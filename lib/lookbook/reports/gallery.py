@@ -8,14 +8,16 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..io.images import to_rgb
-from .figures import plt, save_figure
+from .figures import PLAIN, plt, save_figure
 
 
 def gallery_queries(neighbours: DataFrame, products: DataFrame, per_class: int,
                     extremes: int = 3, column: str = "master_category") -> pd.DataFrame:
     """Which products to show: `per_class` of every class (the same ones on every run), and
-    the `extremes` best and worst by their mean neighbour score. Columns product_id, why."""
-    mean = neighbours.groupBy("product_id").agg(F.avg("score").alias("mean_score"))
+    the `extremes` best and worst by their mean neighbour score. Columns product_id, why.
+    Only products in `products` are chosen, even when the neighbours table is older."""
+    mean = (neighbours.join(products.select("product_id"), "product_id", "left_semi")
+            .groupBy("product_id").agg(F.avg("score").alias("mean_score")))
     order = Window.partitionBy(column).orderBy(F.xxhash64("product_id"), "product_id")
     sample = (products.select("product_id", column).withColumn("_n", F.row_number().over(order))
               .where(F.col("_n") <= per_class)
@@ -37,10 +39,10 @@ def plot_gallery(rows: list[dict], out_png: str | Path) -> Path:
         ax.axis("off")
     for r, row in enumerate(rows):
         axes[r][0].imshow(to_rgb(row["image"]))
-        axes[r][0].set_title(row["title"], fontsize=6.5, fontweight="bold")
+        axes[r][0].set_title(row["title"], fontsize=6.5, fontweight="bold", **PLAIN)
         for c, (pid, name, score, image) in enumerate(row["neighbours"], 1):
             axes[r][c].imshow(to_rgb(image))
-            axes[r][c].set_title(f"{pid} {score:.3f}\n{shorten(name)}", fontsize=6)
+            axes[r][c].set_title(f"{pid} {score:.3f}\n{shorten(name)}", fontsize=6, **PLAIN)
     fig.tight_layout()
     return save_figure(fig, out_png)
 
@@ -51,7 +53,9 @@ def shorten(text: str | None, width: int = 24) -> str:
 
 
 def gallery_rows(queries: pd.DataFrame, neighbours: DataFrame, products: DataFrame) -> list[dict]:
-    """Gallery rows for `queries` (product_id, why): images and names from `products`."""
+    """Gallery rows for `queries` (product_id, why): images and names from `products`.
+    A neighbours table older than `products` may name products that are gone: a query that
+    is gone has no row, a neighbour that is gone is left out and its query's title says so."""
     ids = [int(i) for i in queries["product_id"]]
     lists = neighbours.where(F.col("product_id").isin(ids)).toPandas()
     needed = set(ids) | set(int(i) for i in lists["neighbour_id"])
@@ -61,11 +65,17 @@ def gallery_rows(queries: pd.DataFrame, neighbours: DataFrame, products: DataFra
     rows = []
     for _, query in queries.iterrows():
         pid = int(query["product_id"])
+        if pid not in info.index:
+            continue
         mine = lists[lists["product_id"] == pid].sort_values("rank")
+        found = [(int(n), float(s)) for n, s in zip(mine["neighbour_id"], mine["score"])
+                 if n in info.index]
+        gone = len(mine) - len(found)
         rows.append({
-            "title": f"{query['why']}\n{pid} {shorten(info.loc[pid, 'article_type'], 18)}",
+            "title": f"{query['why']}\n{pid} {shorten(info.loc[pid, 'article_type'], 18)}"
+                     + (f"\n({gone} gone from products)" if gone else ""),
             "image": bytes(info.loc[pid, "image"]),
-            "neighbours": [(int(n), info.loc[n, "display_name"], float(s), bytes(info.loc[n, "image"]))
-                           for n, s in zip(mine["neighbour_id"], mine["score"])],
+            "neighbours": [(n, info.loc[n, "display_name"], s, bytes(info.loc[n, "image"]))
+                           for n, s in found],
         })
     return rows

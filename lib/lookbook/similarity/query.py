@@ -13,16 +13,30 @@ from .knn import PAIR_SCHEMA, l2_normalise, ranked
 
 def most_similar(features: DataFrame, query: np.ndarray, k: int) -> pd.DataFrame:
     """(neighbour_id, score) of the k products whose `embedding` is most cosine-similar to
-    `query`, best first, ties to the smaller id. `features` has product_id and embedding."""
-    unit = l2_normalise(np.asarray(query, dtype=np.float32)[None, :])[0]
+    `query`, best first, ties to the smaller id. `features` has product_id and embedding.
+    Rows whose embedding has no direction (a NaN/inf, or all zeros: in tables written before
+    featurize rejected them) are never results; neither is such a query."""
+    query = np.asarray(query, dtype=np.float32)
+    if not usable(query[None, :])[0]:
+        raise ValueError("the query vector is not finite (NaN/inf) or all zeros")
+    unit = l2_normalise(query[None, :])[0]
 
     def scan(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            vectors = l2_normalise(np.stack(batch["embedding"].to_numpy()))
-            scores = (vectors @ unit).astype("float32")
-            best = ranked(pd.DataFrame({"product_id": 0, "neighbour_id": batch["product_id"],
+            if batch.empty:
+                continue
+            vectors = np.stack(batch["embedding"].to_numpy()).astype(np.float32)
+            keep = usable(vectors)
+            scores = (l2_normalise(vectors[keep]) @ unit).astype("float32")
+            best = ranked(pd.DataFrame({"product_id": 0,
+                                        "neighbour_id": batch["product_id"].to_numpy()[keep],
                                         "score": scores})).head(k)
             yield best.drop(columns="rank")
 
     found = features.select("product_id", "embedding").mapInPandas(scan, PAIR_SCHEMA).toPandas()
     return ranked(found).head(k)[["neighbour_id", "score"]].reset_index(drop=True)
+
+
+def usable(vectors: np.ndarray) -> np.ndarray:
+    """Per row: every value finite and not all zeros (a direction to compare)."""
+    return np.isfinite(vectors).all(axis=1) & (vectors != 0).any(axis=1)

@@ -6,6 +6,13 @@ precision@k, recall@k (relevant found / relevant that exist, R = class size - 1)
 (AP@k = sum of precision@i at each relevant rank i, over min(k, R)). Each beside what a random
 ranking scores: precision Σ share² over classes (the chance that a random other product is
 relevant), recall k / (N - 1).
+
+A product alone in its class has no relevant product to find: precision@k, recall@k and AP@k
+are undefined for it (recall and AP would divide by R = 0, and its precision would be 0 for
+any ranking, good or bad). So it is not a query; it stays a candidate, a non-relevant
+neighbour of the others. `singletons` counts such products per definition. A definition
+without a single query (every class of one), or a catalogue of one product, reports NaN
+rather than a number.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ def relevance_metrics(neighbours: DataFrame, products: DataFrame, k: int,
         keyed = products.where(complete).select(
             "product_id", F.concat_ws("\u241f", *columns).alias("key"))
         sizes = keyed.groupBy("key").agg(F.count("*").alias("size"))
+        # Products alone in their class are not queries (see the module doc).
         queries = keyed.join(sizes, "key").where(F.col("size") > 1)
         marked = (neighbours.where(F.col("rank") <= k)
                   .join(queries.select("product_id", "key", (F.col("size") - 1).alias("relevant")),
@@ -55,10 +63,22 @@ def relevance_metrics(neighbours: DataFrame, products: DataFrame, k: int,
             F.avg(F.col("hits") / F.col("relevant")).alias("recall"),
             F.avg(F.col("ap_sum") / F.least(F.lit(k), F.col("relevant"))).alias("map"),
             F.count("*").alias("queries")).first()
-        shares = np.array([r["size"] for r in sizes.collect()], dtype=float) / n
+        class_sizes = np.array([r["size"] for r in sizes.collect()], dtype=float)
         rows.append({"relevance": name, "queries": scores["queries"],
-                     f"precision@{k}": scores["precision"],
-                     f"precision@{k} random": float((shares ** 2).sum()),
-                     f"recall@{k}": scores["recall"], f"recall@{k} random": k / (n - 1),
-                     f"mAP@{k}": scores["map"]})
+                     "singletons": int((class_sizes == 1).sum()),
+                     f"precision@{k}": defined(scores["precision"]),
+                     f"precision@{k} random": random_precision(class_sizes, n),
+                     f"recall@{k}": defined(scores["recall"]),
+                     f"recall@{k} random": k / (n - 1) if n > 1 else np.nan,
+                     f"mAP@{k}": defined(scores["map"])})
     return pd.DataFrame(rows)
+
+
+def defined(value) -> float:
+    """An average over no queries is NaN, not None, so that tables and formats still work."""
+    return np.nan if value is None else float(value)
+
+
+def random_precision(class_sizes: np.ndarray, n: int) -> float:
+    """Σ share² over classes: the chance that a random other product is relevant."""
+    return float(((class_sizes / n) ** 2).sum()) if n else np.nan
