@@ -4,7 +4,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lookbook.io.catalog import TABLES, Catalog, SchemaMismatch, conform, table_spec
-from lookbook.io.tables import DuplicateKeys, write_table
+from lookbook.io.tables import DuplicateKeys, WriteConflict, write_table
 from lookbook.pipelines import STEPS
 
 
@@ -58,3 +58,60 @@ def test_views_are_the_declared_tables_that_exist(spark, tmp_path):
     write_table(spark.range(3), str(tmp_path / "scratch"))  # a Delta table, but not declared
     assert tables.register_views() == ["duplicates"]
     assert spark.sql("SELECT count(*) AS n FROM duplicates WHERE score > 0.9").first()["n"] == 3
+
+
+def predictions_pair(spark, ids, failed):
+    predictions = spark.createDataFrame(
+        [(i, "Apparel", 0.9, [0.9, 0.1], "test", "run1") for i in ids],
+        table_spec("predictions").schema)
+    rejects = spark.createDataFrame([(i, "predict", "bad", "run1") for i in failed],
+                                    table_spec("prediction_rejects").schema)
+    return {"predictions": predictions, "prediction_rejects": rejects}
+
+
+def contents(tables):
+    return (sorted(r[0] for r in tables.read("predictions").select("product_id").collect()),
+            sorted(r[0] for r in tables.read("prediction_rejects").select("product_id").collect()))
+
+
+def test_a_pair_is_seen_whole_or_not_at_all(spark, tmp_path, monkeypatch):
+    """A job that dies between the commits of a pair (here a Ctrl-C right after the first)
+    leaves readers on the previous pair; running it again completes the new one."""
+    warehouse = str(tmp_path)
+    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.committed:predictions")
+    with pytest.raises(KeyboardInterrupt):
+        Catalog(spark, warehouse).write_together(predictions_pair(spark, [1, 2], [3]))
+    assert not Catalog(spark, warehouse).exists("predictions")  # the first pair never finished
+    monkeypatch.delenv("LOOKBOOK_INTERRUPT_AT")
+    Catalog(spark, warehouse).write_together(predictions_pair(spark, [1, 2], [3]))
+    assert contents(Catalog(spark, warehouse)) == ([1, 2], [3])
+
+    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.committed:predictions")
+    with pytest.raises(KeyboardInterrupt):
+        Catalog(spark, warehouse).write_together(predictions_pair(spark, [1, 2, 3], []))
+    monkeypatch.delenv("LOOKBOOK_INTERRUPT_AT")
+    tables = Catalog(spark, warehouse)
+    assert tables.version("predictions") == 1 and tables.history("predictions")[0]["version"] == 2
+    assert contents(tables) == ([1, 2], [3])  # not ([1, 2, 3], [3])
+
+    Catalog(spark, warehouse).write_together(predictions_pair(spark, [1, 2, 3], []))
+    assert contents(Catalog(spark, warehouse)) == ([1, 2, 3], [])
+
+
+def test_a_pair_must_be_written_together(spark, tmp_path):
+    frames = predictions_pair(spark, [1], [])
+    with pytest.raises(ValueError, match="predictions is written together with prediction_rejects"):
+        Catalog(spark, str(tmp_path)).write_together({"predictions": frames["predictions"]})
+
+
+def test_a_step_reads_and_commits_one_snapshot(spark, tmp_path):
+    """Reads repeat the version first read, and the write commits against it: a job that
+    committed in between makes this write fail instead of being overwritten."""
+    tables = Catalog(spark, str(tmp_path))
+    Catalog(spark, str(tmp_path)).write("duplicates", duplicates_frame(spark, 2))
+    assert tables.read("duplicates").count() == 2
+    Catalog(spark, str(tmp_path)).write("duplicates", duplicates_frame(spark, 5))  # another job
+    assert tables.read("duplicates").count() == 2
+    with pytest.raises(WriteConflict):
+        tables.write("duplicates", duplicates_frame(spark, 3))
+    assert Catalog(spark, str(tmp_path)).read("duplicates").count() == 5

@@ -1,16 +1,22 @@
 """The Delta layer: Spark writes Parquet, delta-rs commits; both readers agree."""
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from lookbook.io import tables as tables_module
 from lookbook.io.tables import (
     DuplicateKeys,
+    SchemaMismatch,
+    WriteConflict,
     read_table,
     table_exists,
     table_history,
     table_version,
+    vacuum_table,
     write_table,
 )
 
@@ -120,3 +126,118 @@ def test_missing_table_is_a_clear_error(spark, tmp_path):
 def test_bad_mode(spark, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         write_table(spark.range(1), str(tmp_path / "t"), mode="merge")
+
+
+def staged_folders(path) -> list[str]:
+    return sorted(p.name for p in Path(path).iterdir() if p.name != "_delta_log")
+
+
+def test_a_ctrl_c_after_the_commit_keeps_the_committed_files(spark, tmp_path, monkeypatch):
+    path = str(tmp_path / "t")
+    write_table(spark.range(3), path)
+    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.committed")
+    with pytest.raises(KeyboardInterrupt):
+        write_table(spark.range(7), path)
+    monkeypatch.delenv("LOOKBOOK_INTERRUPT_AT")
+    # The commit is durable, so its files must be too: the old code deleted them here and
+    # every later read failed with FileNotFoundError.
+    assert table_version(path) == 1 and ids(read_table(spark, path)) == list(range(7))
+    assert len(staged_folders(path)) == 2
+
+
+def test_a_ctrl_c_before_the_commit_leaves_no_litter(spark, tmp_path, monkeypatch):
+    path = str(tmp_path / "t")
+    write_table(spark.range(3), path)
+    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.staged")
+    with pytest.raises(KeyboardInterrupt):
+        write_table(spark.range(7), path)
+    assert table_version(path) == 0 and len(staged_folders(path)) == 1
+
+
+def test_a_commit_is_made_against_the_version_read(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.range(3), path)
+    read = table_version(path)
+    write_table(spark.range(100, 105), path, mode="append")  # another job, meanwhile
+    with pytest.raises(WriteConflict, match="committed version 1 after this one read version 0"):
+        write_table(spark.range(10, 13), path, read_version=read)
+    # Nothing lost: the other job's rows are there, this write left nothing behind.
+    assert ids(read_table(spark, path)) == [0, 1, 2, 100, 101, 102, 103, 104]
+    assert len(staged_folders(path)) == 2
+    assert write_table(spark.range(10, 13), path, read_version=1) == 2
+
+
+def test_two_first_writers_one_creates_the_other_conflicts(spark, tmp_path):
+    path = str(tmp_path / "t")
+    assert write_table(spark.range(2), path) == 0
+    with pytest.raises(WriteConflict, match="after this one read no table yet"):
+        tables_module._commit(path, path, None, [], "overwrite",
+                              DeltaTable(path).schema(), {})
+    assert ids(read_table(spark, path)) == [0, 1]
+
+
+def test_concurrent_appends_lose_nothing_and_each_returns_its_own_version(spark, tmp_path):
+    """Two writers in threads of one session, really at once: each retries on conflict (as
+    the runner does for a step) and every returned version is the commit it made."""
+    path = str(tmp_path / "t")
+    write_table(spark.range(0), path)
+    made: dict[str, list[int]] = {"a": [], "b": []}
+
+    def writer(tag: str, start: int):
+        for batch in range(3):
+            rows = spark.range(start + 10 * batch, start + 10 * batch + 4)
+            while True:
+                try:
+                    made[tag].append(write_table(rows, path, mode="append",
+                                                 metadata={"writer": f"{tag}{batch}"}))
+                    break
+                except WriteConflict:
+                    continue
+
+    threads = [threading.Thread(target=writer, args=("a", 1000)),
+               threading.Thread(target=writer, args=("b", 2000))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = sorted(s + 10 * b + i for s in (1000, 2000) for b in range(3) for i in range(4))
+    assert ids(read_table(spark, path)) == expected
+    by_version = {c["version"]: c.get("writer") for c in table_history(path)}
+    for tag, versions in made.items():
+        assert [by_version[v] for v in versions] == [f"{tag}{b}" for b in range(3)]
+
+
+def test_an_append_with_another_schema_is_refused(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.range(3), path)
+    with pytest.raises(SchemaMismatch, match="id: table \"long\", appended \"string\""):
+        write_table(spark.range(2).select(F.col("id").cast("string").alias("id")), path,
+                    mode="append")
+    with pytest.raises(SchemaMismatch, match="extra: table absent"):
+        write_table(spark.range(2).withColumn("extra", F.lit(1)), path, mode="append")
+    assert table_version(path) == 0 and ids(read_table(spark, path)) == [0, 1, 2]
+    assert write_table(spark.range(5, 6), path, mode="append") == 1  # same schema: fine
+
+
+def test_vacuum_removes_old_versions_and_orphans_but_keeps_the_current_one(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.range(3), path)
+    write_table(spark.range(5), path)
+    # What a killed job leaves: a staged folder nothing references, Spark's _temporary.
+    orphan = Path(path) / "part-killed" / "_temporary" / "0"
+    orphan.mkdir(parents=True)
+    shutil.copy(next((Path(path)).glob("part-*/*.parquet")), orphan / "part-0.parquet")
+    before = {p.relative_to(path).as_posix() for p in Path(path).rglob("*.parquet")}
+
+    assert vacuum_table(path, retention_hours=24, dry_run=False) == ([], 0)  # all too young
+    listed, size = vacuum_table(path, retention_hours=0, dry_run=True)
+    current = {f.split(path + "/", 1)[1] for f in DeltaTable(path).file_uris()}
+    data_files = {f for f in listed if f.endswith(".parquet") and "/." not in f}  # not .crc
+    assert data_files == before - current and size > 0
+    assert "part-killed/_temporary/0/part-0.parquet" in listed
+    assert {p.relative_to(path).as_posix() for p in Path(path).rglob("*.parquet")} == before
+
+    assert vacuum_table(path, retention_hours=0, dry_run=False)[0] == listed
+    assert {p.relative_to(path).as_posix() for p in Path(path).rglob("*.parquet")} == current
+    assert len(staged_folders(path)) == 1  # emptied folders go too
+    assert ids(read_table(spark, path)) == list(range(5))

@@ -31,7 +31,8 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
 
 
 # Job arguments that are shorthands for config keys: `similar image=x.jpg` = `similar.image=x.jpg`.
-SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",)}
+SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",),
+              "vacuum": ("dry_run", "retention_hours")}
 
 
 def job_shorthand(job: str, item: str) -> str:

@@ -163,6 +163,23 @@ class PipelineSettings:
 
 
 @dataclass
+class TablesSettings:
+    # A step whose commit finds that another job committed the same table after the step read
+    # it (two jobs on one warehouse) runs again on the new version, this many times.
+    conflict_retries: int = 2
+
+
+@dataclass
+class VacuumSettings:
+    # `./spark-submit.sh vacuum` deletes files that no table version of the last
+    # `retention_hours` needs: overwritten versions' files and files of killed runs. Time
+    # travel reaches back as far; a write running longer than this could lose its files.
+    retention_hours: int = 168
+    # List what would be deleted, delete nothing (`vacuum dry_run=true`).
+    dry_run: bool = False
+
+
+@dataclass
 class TrackingSettings:
     # Every job is an MLflow run (pipeline steps are nested runs).
     enabled: bool = True
@@ -190,6 +207,8 @@ class Config:
     similar: SimilarSettings = field(default_factory=SimilarSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    tables: TablesSettings = field(default_factory=TablesSettings)
+    vacuum: VacuumSettings = field(default_factory=VacuumSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
@@ -209,6 +228,8 @@ class Config:
         if self.train.class_weights not in CLASS_WEIGHT_MODES:
             raise ConfigError(f"train.class_weights must be one of {CLASS_WEIGHT_MODES}, "
                               f"not {self.train.class_weights!r}")
+        if self.tables.conflict_retries < 0 or self.vacuum.retention_hours < 0:
+            raise ConfigError("tables.conflict_retries and vacuum.retention_hours must be >= 0")
         try:
             check_fractions(self.split.train, self.split.validation)
         except ValueError as exc:

@@ -13,6 +13,7 @@ MLFLOW_TRACKING_URI variable is not read: MLflow sets it itself once a store is 
 process that runs jobs for two warehouses it would send the second one's runs to the first.
 """
 import contextlib
+import fcntl
 import json
 import logging
 import re
@@ -75,6 +76,39 @@ def param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_LENGTH else text[:_MAX_PARAM_LENGTH - 1] + "…"
 
 
+@contextlib.contextmanager
+def _store_setup_lock(cfg: Config) -> Iterator[None]:
+    """Two jobs starting at once on a new warehouse would both create the local store's
+    schema (MLflow's migrations then fail in one of them): one does it at a time."""
+    uri = store_uri(cfg)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_file = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(cfg: Config) -> str:
+    client = mlflow.MlflowClient()
+    name = cfg.tracking.experiment
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artefact_root(cfg))
+    except mlflow.exceptions.MlflowException:  # another job on a shared server created it
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class Tracker:
     """Opens runs and records step results; does nothing when tracking is disabled."""
 
@@ -87,11 +121,8 @@ class Tracker:
         for noisy in ("mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         mlflow.set_tracking_uri(store_uri(cfg))
-        client = mlflow.MlflowClient()
-        name = cfg.tracking.experiment
-        found = client.get_experiment_by_name(name)
-        self.experiment_id = (found.experiment_id if found else
-                              client.create_experiment(name, artifact_location=artefact_root(cfg)))
+        with _store_setup_lock(cfg):
+            self.experiment_id = _experiment_id(cfg)
 
     @property
     def uri(self) -> str | None:

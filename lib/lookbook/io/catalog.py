@@ -8,6 +8,7 @@ same declarations (`python -m lookbook.cli tables-doc`).
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from . import tables
+from .tables import SchemaMismatch
+
+BATCH = "lookbook.batch"  # commit metadata: the write that committed a pair of tables together
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class TableSpec:
     written_by: str  # the step (job) that writes it
     keys: tuple[str, ...]  # unique per row; () for a log without a natural key
     columns: tuple[Column, ...]
+    # The table its step writes together with it (outputs and their rejects): a reader sees
+    # the two at versions written by the same run of the step, never one without the other.
+    written_with: str | None = None
 
     @property
     def schema(self) -> T.StructType:
@@ -41,13 +48,13 @@ LONG, INT, FLOAT, BOOL = T.LongType(), T.IntegerType(), T.FloatType(), T.Boolean
 STRING, BINARY, VECTOR = T.StringType(), T.BinaryType(), T.ArrayType(T.FloatType())
 
 
-def _rejects(name: str, written_by: str, doc: str) -> TableSpec:
+def _rejects(name: str, written_by: str, doc: str, written_with: str) -> TableSpec:
     return TableSpec(name, doc, written_by, (), (
             Column("product_id", LONG, "where known"),
             Column("source", STRING, "the input: `styles.csv`, `images/<file>`, or the step"),
             Column("reason", STRING, "why it was rejected"),
             Column("detail", STRING, "the raw CSV line, the file size, or the settings"),
-        ))
+        ), written_with)
 
 
 FEATURE_SETTINGS = (
@@ -81,9 +88,10 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("width", INT),
                   Column("height", INT),
                   Column("sha256", STRING, "of the image bytes"),
-              )),
+              ), "rejects"),
     _rejects("rejects", "ingest", "Every input that did not become a product, with the reason: "
-                                  "each input is in exactly one of `products` and `rejects`."),
+                                  "each input is in exactly one of `products` and `rejects`.",
+             "products"),
     TableSpec("features", "CNN feature vectors, one row per product and feature settings; rows "
                           "of other settings are kept.",
               "featurize", ("product_id", "backbone", "layers", "weights", "preprocessing",
@@ -94,9 +102,9 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("preprocessing", STRING, "input normalisation: torch or keras:<backbone>"),
                   *INPUT_SIZE,
                   Column("embedding", VECTOR, "raw (not normalised) features"),
-              )),
+              ), "feature_rejects"),
     _rejects("feature_rejects", "featurize",
-             "Products whose image could not be featurized, with the reason."),
+             "Products whose image could not be featurized, with the reason.", "features"),
     TableSpec("predictions", "The classifier's prediction for every product.", "predict",
               ("product_id",), (
                   Column("product_id", LONG),
@@ -105,9 +113,9 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("probabilities", VECTOR, "per class, in the model's label order"),
                   Column("split", STRING, "train, validation or test, as the model was trained"),
                   Column("run_id", STRING, "the model (training run) that predicted"),
-              )),
+              ), "prediction_rejects"),
     _rejects("prediction_rejects", "predict",
-             "Products the classifier could not read, with the reason."),
+             "Products the classifier could not read, with the reason.", "predictions"),
     TableSpec("neighbours", "Every product's k most similar other products by cosine "
                             "similarity of their features, exact.",
               "neighbours", ("product_id", "rank"), (
@@ -136,10 +144,6 @@ def table_spec(name: str) -> TableSpec:
                        f"{', '.join(TABLES)}") from None
 
 
-class SchemaMismatch(ValueError):
-    """A DataFrame that does not have its table's declared columns and types."""
-
-
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     """`df` with the declared columns in declared order; a clear error on any difference."""
     declared = {f.name: f.dataType for f in spec.schema.fields}
@@ -156,21 +160,32 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 
 
 class Catalog:
-    """The declared tables of one warehouse, as Delta tables under `<warehouse>/<name>`."""
+    """The declared tables of one warehouse, as Delta tables under `<warehouse>/<name>`.
+
+    Reads are repeatable: the first read of a table pins the version a later read and the
+    write of the same table use, so that a step computes from one snapshot and its commit
+    fails (`tables.WriteConflict`) rather than overwrite another job's newer version."""
 
     def __init__(self, spark: SparkSession, warehouse: str, run_id: str | None = None):
         self.spark = spark
         self.warehouse = warehouse
         self.run_id = run_id  # recorded with every commit, to find the run that wrote it
+        self._pinned: dict[str, tuple[int, int]] = {}  # name -> (latest, visible) versions
 
     def path(self, name: str) -> str:
         return str(Path(self.warehouse) / table_spec(name).name)
 
     def exists(self, name: str) -> bool:
+        """The table has a complete version to read."""
+        return self.on_disk(name) and self._versions(name)[1] >= 0
+
+    def on_disk(self, name: str) -> bool:
+        """A Delta table is at the table's path, complete or not."""
         return tables.table_exists(self.path(name))
 
     def version(self, name: str) -> int:
-        return tables.table_version(self.path(name))
+        """The version a read sees (see `visible_version`)."""
+        return self._versions(name)[1]
 
     def history(self, name: str) -> list[dict]:
         return tables.table_history(self.path(name))
@@ -179,7 +194,8 @@ class Catalog:
         if not self.exists(name):
             raise FileNotFoundError(f"no {name} table in {self.warehouse}: run the "
                                     f"{table_spec(name).written_by} job first")
-        return tables.read_table(self.spark, self.path(name), version)
+        return tables.read_table(self.spark, self.path(name),
+                                 self.version(name) if version is None else version)
 
     def write(self, name: str, df: DataFrame, mode: str = "overwrite",
               metadata: dict[str, str] | None = None) -> int:
@@ -188,8 +204,54 @@ class Catalog:
         meta = {"lookbook.job": spec.written_by, **(metadata or {})}
         if self.run_id:
             meta["lookbook.run_id"] = self.run_id
-        return tables.write_table(conform(df, spec), self.path(name), mode=mode, metadata=meta,
-                                  keys=spec.keys)
+        path = self.path(name)
+        read_version = self._pinned[name][0] if name in self._pinned else None
+        version = tables.write_table(conform(df, spec), path, mode=mode, metadata=meta,
+                                     keys=spec.keys, read_version=read_version)
+        self._pinned[name] = (version, version)
+        return version
+
+    def write_together(self, frames: dict[str, DataFrame],
+                       metadata: dict[str, str] | None = None) -> dict[str, int]:
+        """Overwrite tables declared `written_with` each other as one batch: until the last
+        of them is committed, readers keep seeing the previous batch of every one."""
+        for name in frames:
+            partner = table_spec(name).written_with
+            if partner not in frames:
+                raise ValueError(f"{name} is written together with {partner}: pass both")
+        batch = {BATCH: uuid.uuid4().hex, **(metadata or {})}
+        return {name: self.write(name, df, metadata=batch) for name, df in frames.items()}
+
+    def visible_version(self, name: str) -> int:
+        """The newest version whose batch is complete: a version committed by
+        `write_together` whose partner table never got the same batch (the job died between
+        the two commits) is skipped, with everything after it that changed no data.
+        -1 when no complete version exists yet."""
+        latest = tables.table_version(self.path(name))
+        partner = table_spec(name).written_with
+        if partner is None:
+            return latest
+        partner_path = str(Path(self.warehouse) / partner)
+        done = ({c[BATCH] for c in tables.table_history(partner_path) if BATCH in c}
+                if tables.table_exists(partner_path) else set())
+        visible = latest
+        for commit in tables.table_history(self.path(name)):  # newest first
+            if BATCH in commit and commit[BATCH] not in done:
+                visible = commit["version"] - 1
+            elif not str(commit.get("operation", "")).startswith("VACUUM"):
+                break  # a complete write: what it and older commits hold stands
+        return visible
+
+    def _versions(self, name: str) -> tuple[int, int]:
+        if name not in self._pinned:
+            self._pinned[name] = (tables.table_version(self.path(name)),
+                                  self.visible_version(name))
+        return self._pinned[name]
+
+    def vacuum(self, name: str, retention_hours: int, dry_run: bool) -> tuple[list[str], int]:
+        """Files of the table no version of the last `retention_hours` needs (see
+        `tables.vacuum_table`), deleted unless `dry_run`: (relative paths, bytes)."""
+        return tables.vacuum_table(self.path(name), retention_hours, dry_run)
 
     def register_views(self) -> list[str]:
         """Every declared table that exists, as a temporary view by its name (current version)."""

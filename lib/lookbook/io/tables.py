@@ -5,6 +5,17 @@ exactly those files (Add actions) as one atomic transaction. Readers (Spark here
 Delta reader) see only committed files, so a job that dies mid-write leaves the previous version
 readable, and an overwrite replaces content instead of adding duplicates.
 
+What holds, and how:
+- A commit is made against the version the job read (optimistic concurrency, no retries inside
+  delta-rs): if another job committed in between, nothing is committed and `WriteConflict` says
+  so; the step can then be run again on the new version. Two jobs never silently drop each
+  other's rows.
+- Staged files are removed after a failure only when no commit references them, decided from
+  the log, not from the exception: a crash or Ctrl-C after a durable commit keeps its files.
+- An append must have the table's schema (`SchemaMismatch` otherwise); an overwrite may change
+  it, which is how a changed declaration migrates a table.
+- Files of killed runs and of versions older than the retention are removed by `vacuum_table`.
+
 Spark reads a version's file list from the commit log (`DeltaTable.file_uris()`): globbing the
 folder would bring back files that an overwrite removed.
 
@@ -14,6 +25,8 @@ native `format("delta")` behind the same functions.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -23,13 +36,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from ..faults import crash_point
+
 ENGINE_CONF = "spark.lookbook.table_engine"
 WRITE_MODES = ("overwrite", "append")
+LOG_DIR = "_delta_log"
+_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
+log = logging.getLogger(__name__)
 
 
 def table_engine(spark: SparkSession) -> str:
@@ -53,47 +72,131 @@ class DuplicateKeys(ValueError):
     """Rows that would share a key the table declares unique; nothing was committed."""
 
 
+class SchemaMismatch(ValueError):
+    """Rows whose columns or types are not the table's; nothing was committed."""
+
+
+class WriteConflict(RuntimeError):
+    """Another job committed to the table after this one read it; nothing was committed."""
+
+    def __init__(self, path: str, read_version: int | None, now: int, writer: str):
+        read = f"version {read_version}" if read_version is not None else "no table yet"
+        super().__init__(
+            f"{path}: another job ({writer}) committed version {now} after this one read "
+            f"{read}; nothing of this write was committed. Run the step again: it will "
+            f"read the new version.")
+        self.path, self.read_version, self.now = path, read_version, now
+
+
 def write_table(df: DataFrame, path: str, mode: str = "overwrite",
-                metadata: dict[str, str] | None = None, keys: tuple[str, ...] = ()) -> int:
+                metadata: dict[str, str] | None = None, keys: tuple[str, ...] = (),
+                read_version: int | None = None) -> int:
     """Write `df` as the new content (overwrite) or extra rows (append) of the Delta table at
-    `path`, atomically. With `keys`, the table's rows after the write must be unique on them,
-    or nothing is committed. Returns the committed version."""
+    `path`, atomically, against `read_version` (default: the version when the write starts).
+    With `keys`, the table's rows after the write must be unique on them, or nothing is
+    committed. Returns the version this write committed."""
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {WRITE_MODES}, not {mode!r}")
     spark = df.sparkSession
     if table_engine(spark) == "delta-spark":
-        check_unique(_with_existing(spark, df, path, mode, keys), keys, path)
+        check_unique(_with_existing(spark, df, path, mode, keys, None), keys, path)
         df.write.format("delta").mode(mode).option("overwriteSchema", mode == "overwrite").save(path)
         return spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"]
 
     uri = _uri(path)
+    base = read_version if read_version is not None else _current_version(uri)
     write_id = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = f"{uri.rstrip('/')}/{write_id}"
     fs, staging_path = pafs.FileSystem.from_uri(staging)
+    table = Path(path).name
     try:
         df.write.mode("error").parquet(staging)
         files = _parquet_files(fs, staging_path)
         if not files:
             raise RuntimeError(f"Spark wrote no Parquet files to {staging}")
+        crash_point("tables.staged", table)
+        schema = Schema.from_arrow(pq.read_schema(files[0].path, filesystem=fs))
+        if mode == "append" and base is not None:
+            check_same_schema(schema, DeltaTable(uri, version=base).schema(), path)
         # Checked on the staged files: reading back key columns is cheaper than computing
         # `df` twice.
         staged = spark.read.parquet(staging) if keys else df
-        check_unique(_with_existing(spark, staged, path, mode, keys), keys, path)
+        check_unique(_with_existing(spark, staged, path, mode, keys, base), keys, path)
         actions = [_add_action(fs, f, f"{write_id}/{Path(f.path).name}") for f in files]
-        schema = Schema.from_arrow(pq.read_schema(files[0].path, filesystem=fs))
-        props = CommitProperties(custom_metadata=metadata or {})
-        if DeltaTable.is_deltatable(uri):
-            DeltaTable(uri).create_write_transaction(
-                actions, mode=mode, schema=schema, commit_properties=props)
-        else:
+        _commit(uri, path, base, actions, mode, schema, metadata or {})
+        crash_point("tables.committed", table)
+    except BaseException as exc:
+        committed = _version_referencing(fs, uri, write_id, base)
+        if committed is None:
+            if fs.get_file_info(staging_path).type != pafs.FileType.NotFound:
+                fs.delete_dir(staging_path)
+            raise
+        if not isinstance(exc, Exception):
+            raise  # Ctrl-C after the commit: the version stands, and so do its files
+        # Only a post-commit step (a checkpoint, say) failed: the version is durable.
+        log.warning("%s: version %d is committed, but a step after the commit failed: %s",
+                    path, committed, exc)
+        return committed
+    return 0 if base is None else base + 1
+
+
+def _commit(uri: str, path: str, base: int | None, actions: list[AddAction], mode: str,
+            schema: Schema, metadata: dict[str, str]) -> None:
+    """Commit exactly on top of `base` (no retry onto a newer version), or WriteConflict."""
+    props = CommitProperties(custom_metadata=metadata, max_commit_retries=0)
+    try:
+        if base is None:
             create_table_with_add_actions(uri, schema, actions, mode="error",
                                           commit_properties=props)
-    except BaseException:
-        # Nothing references the staged files; remove them so failed runs leave no litter.
-        if fs.get_file_info(staging_path).type != pafs.FileType.NotFound:
-            fs.delete_dir(staging_path)
+        else:
+            DeltaTable(uri, version=base).create_write_transaction(
+                actions, mode=mode, schema=schema, commit_properties=props)
+    except (CommitFailedError, DeltaError):
+        now = _current_version(uri)
+        if now is not None and (base is None or now > base):
+            raise WriteConflict(path, base, now, _writer(uri, now)) from None
         raise
-    return DeltaTable(uri).version()
+
+
+def _writer(uri: str, version: int) -> str:
+    info = DeltaTable(uri, version=version).history(1)[0]
+    job, run = info.get("lookbook.job"), info.get("lookbook.run_id")
+    return " ".join(filter(None, [job or info.get("operation"), f"run {run}" if run else ""]))
+
+
+def _version_referencing(fs: pafs.FileSystem, uri: str, write_id: str,
+                         base: int | None) -> int | None:
+    """The version whose commit adds files of `write_id`, if any: read from the log itself."""
+    _, log_path = pafs.FileSystem.from_uri(f"{uri.rstrip('/')}/{LOG_DIR}")
+    if fs.get_file_info(log_path).type == pafs.FileType.NotFound:
+        return None
+    first = -1 if base is None else base
+    needle = f'"{write_id}/'
+    for info in fs.get_file_info(pafs.FileSelector(log_path)):
+        match = _COMMIT_FILE.match(info.base_name)
+        if match and int(match.group(1)) > first:
+            with fs.open_input_stream(info.path) as commit:
+                if needle in commit.read().decode():
+                    return int(match.group(1))
+    return None
+
+
+def _current_version(uri: str) -> int | None:
+    return DeltaTable(uri).version() if DeltaTable.is_deltatable(uri) else None
+
+
+def check_same_schema(staged: Schema, table: Schema, path: str) -> None:
+    """Appended rows must have the table's columns and types (nullability aside)."""
+    def columns(schema: Schema) -> dict[str, str]:
+        return {f["name"]: json.dumps(f["type"]) for f in json.loads(schema.to_json())["fields"]}
+
+    mine, theirs = columns(staged), columns(table)
+    if mine != theirs:
+        differences = [f"{n}: table {theirs.get(n, 'absent')}, appended {mine.get(n, 'absent')}"
+                       for n in sorted(set(mine) | set(theirs)) if mine.get(n) != theirs.get(n)]
+        raise SchemaMismatch(f"{path}: an append must have the table's schema; "
+                             f"{'; '.join(differences)}; nothing was committed "
+                             f"(an overwrite may change the schema)")
 
 
 def check_unique(df: DataFrame, keys: tuple[str, ...], path: str) -> None:
@@ -109,11 +212,11 @@ def check_unique(df: DataFrame, keys: tuple[str, ...], path: str) -> None:
 
 
 def _with_existing(spark: SparkSession, df: DataFrame, path: str, mode: str,
-                   keys: tuple[str, ...]) -> DataFrame:
+                   keys: tuple[str, ...], base: int | None) -> DataFrame:
     """The key columns of the table as it will be after the write."""
     new = df.select(*keys)
     if mode == "append" and keys and table_exists(path):
-        return new.unionByName(read_table(spark, path).select(*keys))
+        return new.unionByName(read_table(spark, path, base).select(*keys))
     return new
 
 
@@ -133,6 +236,38 @@ def read_table(spark: SparkSession, path: str, version: int | None = None) -> Da
         arrow_schema = pa.schema(table.schema().to_arrow())
         return spark.createDataFrame([], from_arrow_schema(arrow_schema))
     return spark.read.parquet(*files)
+
+
+def vacuum_table(path: str, retention_hours: float, dry_run: bool) -> tuple[list[str], int]:
+    """Remove files no version newer than `retention_hours` needs: files of overwritten
+    versions and orphans (staged by killed or failed runs, Spark's `_temporary/`), each only
+    once older than the retention, so that a write in flight keeps its files. Returns the
+    files (relative to the table) and their bytes; with `dry_run`, only lists them. Versions
+    older than the retention may no longer read afterwards."""
+    uri = _uri(path)
+    table = DeltaTable(uri)
+    listed = table.vacuum(retention_hours=int(retention_hours), dry_run=True,
+                          enforce_retention_duration=False, full=True)
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info([f"{root}/{f}" for f in listed])
+    size = sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+    if not dry_run and listed:
+        table.vacuum(retention_hours=int(retention_hours), dry_run=False,
+                     enforce_retention_duration=False, full=True)
+    if not dry_run:
+        _remove_empty_folders(fs, root, time.time() - retention_hours * 3600)
+    return sorted(listed), size
+
+
+def _remove_empty_folders(fs: pafs.FileSystem, root: str, older_than: float) -> None:
+    """Folders a vacuum emptied, deepest first; a folder made since the cutoff (a write that
+    is starting) stays."""
+    folders = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+               if i.type == pafs.FileType.Directory and LOG_DIR not in Path(i.path).parts]
+    for info in sorted(folders, key=lambda i: -len(Path(i.path).parts)):
+        if (not fs.get_file_info(pafs.FileSelector(info.path))
+                and info.mtime is not None and info.mtime.timestamp() < older_than):
+            fs.delete_dir(info.path)
 
 
 def _uri(path: str) -> str:

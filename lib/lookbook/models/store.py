@@ -70,6 +70,13 @@ def save_classifier(model, info: dict, models_dir: str, run_id: str) -> Path:
     return folder
 
 
+def abandoned_partials(models_dir: str, older_than: float) -> list[Path]:
+    """Folders of saves that never completed (the process died), last changed before
+    `older_than` (a time): a save in progress is younger."""
+    return sorted(p for p in Path(models_dir).glob(".*.partial-*")
+                  if p.is_dir() and p.stat().st_mtime < older_than)
+
+
 def trained_models(models_dir: str) -> list[TrainedClassifier]:
     """Every complete model folder, oldest first."""
     found = []

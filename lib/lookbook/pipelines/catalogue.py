@@ -23,8 +23,8 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
         sample_fraction=cfg.ingest.sample_fraction,
         target_file_bytes=cfg.spark.target_file_bytes)
     meta = {"lookbook.data_dir": str(Path(cfg.data_dir).resolve())}
-    outputs = {"products": tables.write("products", result.products, metadata=meta),
-               "rejects": tables.write("rejects", result.rejects, metadata=meta)}
+    outputs = tables.write_together({"products": result.products, "rejects": result.rejects},
+                                    metadata=meta)
     result.release()
     n_rejects = sum(result.rejects_by_reason.values())
     return StepResult(

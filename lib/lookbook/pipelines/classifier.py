@@ -204,8 +204,8 @@ def predict(spark: SparkSession, cfg: Config) -> StepResult:
     failures = classified.where(F.col("error").isNotNull()).select(
         "product_id", F.lit("predict").alias("source"), F.col("error").alias("reason"),
         F.lit(trained.run_id).alias("detail"))
-    outputs = {"predictions": tables.write("predictions", predictions, metadata=meta),
-               "prediction_rejects": tables.write("prediction_rejects", failures, metadata=meta)}
+    outputs = tables.write_together({"predictions": predictions, "prediction_rejects": failures},
+                                    metadata=meta)
     n_good = good.count()
     n_failed = classified.count() - n_good
     classified.unpersist()

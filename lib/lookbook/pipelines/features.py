@@ -60,11 +60,15 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
         meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
         good = new.filter(F.col("error").isNull()).drop("error")
         features = good if keep is None else keep.unionByName(good)
-        outputs["features"] = tables.write("features", features, metadata=meta)
+        detail = " ".join(str(v) for v in spec.settings().values())
         failures = new.filter(F.col("error").isNotNull()).select(
             "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
-            F.concat_ws(" ", *[F.col(c).cast("string") for c in spec.settings()]).alias("detail"))
-        outputs["feature_rejects"] = tables.write("feature_rejects", failures, metadata=meta)
+            F.lit(detail).alias("detail"))
+        if tables.exists("feature_rejects"):  # other settings' rejects stay, as their rows do
+            failures = tables.read("feature_rejects").where(
+                ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
+        outputs = tables.write_together({"features": features, "feature_rejects": failures},
+                                        metadata=meta)
     new.unpersist()
     computed = n_new - n_failed
     return StepResult(

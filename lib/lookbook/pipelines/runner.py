@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from ..config import Config
+from ..io.tables import WriteConflict
 from ..tracking import Tracker
 from . import STEPS, StepResult, pipeline_steps
 
@@ -60,10 +61,26 @@ def _run_step(spark: SparkSession, cfg: Config, tracker: Tracker, step: str,
               run_id: str | None, i: int, n: int, progress: Callable[[str], None]) -> StepRun:
     progress(f"[{i}/{n}] {step} ...")
     started = time.time()
-    result = STEPS[step](spark, cfg)
+    result = _run_until_committed(spark, cfg, step, lambda line: progress(f"[{i}/{n}] {line}"))
     seconds = time.time() - started
     tracker.record(result, seconds)
     progress(f"[{i}/{n}] {step} done in {seconds:.1f} s: {result.summary}")
     if result.details:
         progress(result.details)
     return StepRun(step, seconds, result, run_id)
+
+
+def _run_until_committed(spark: SparkSession, cfg: Config, step: str,
+                         progress: Callable[[str], None]) -> StepResult:
+    """Run the step; when another job committed a table it writes after the step read it,
+    run it again on the new version (a step is a function of the tables it reads)."""
+    retries = cfg.tables.conflict_retries
+    for attempt in range(retries + 1):
+        try:
+            return STEPS[step](spark, cfg)
+        except WriteConflict as conflict:
+            if attempt == retries:
+                raise RuntimeError(f"{step}: gave up after {retries + 1} attempts, each "
+                                   f"overtaken by another job: {conflict}") from conflict
+            progress(f"{step}: {conflict} Running it again ({attempt + 1}/{retries}).")
+    raise AssertionError("unreachable")
