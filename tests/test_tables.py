@@ -1,10 +1,13 @@
 """The Delta layer: Spark writes Parquet, delta-rs commits; both readers agree."""
+import json
 import shutil
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from deltalake.transaction import AddAction
 from pyspark.sql import functions as F
 
 from lookbook.io import tables as tables_module
@@ -241,3 +244,21 @@ def test_vacuum_removes_old_versions_and_orphans_but_keeps_the_current_one(spark
     assert {p.relative_to(path).as_posix() for p in Path(path).rglob("*.parquet")} == current
     assert len(staged_folders(path)) == 1  # emptied folders go too
     assert ids(read_table(spark, path)) == list(range(5))
+
+
+def test_a_failed_checkpoint_after_the_100th_commit_loses_nothing(spark, tmp_path, caplog):
+    """delta-rs writes a checkpoint after version 99, inside the commit call: when that
+    fails (here `_last_checkpoint` cannot be replaced), the commit is already durable."""
+    path = str(tmp_path / "t")
+    write_table(spark.range(1), path)
+    table = DeltaTable(path)
+    first = pa.table(table.get_add_actions(flatten=True)).to_pylist()[0]
+    same_file = AddAction(first["path"], first["size_bytes"], {}, 0, True,
+                          json.dumps({"numRecords": 1}))
+    for _ in range(98):  # versions 1..98, cheaply: the same file committed again
+        DeltaTable(path).create_write_transaction([same_file], mode="overwrite",
+                                                  schema=table.schema())
+    (Path(path) / "_delta_log" / "_last_checkpoint").mkdir()
+    assert write_table(spark.range(10, 12), path) == 99
+    assert "version 99 is committed, but a step after the commit failed" in caplog.text
+    assert ids(read_table(spark, path)) == [10, 11]
