@@ -1,13 +1,20 @@
 """Catalogue folder (styles.csv + images/) -> `products` and `rejects` DataFrames.
 
-Every input item ends in exactly one place: a product, or a reject row with a reason. Images
-are read by Spark (`binaryFile`), so this scales with the cluster; only the styles table, which
-is small, is ever broadcast.
+Every input item ends in exactly one place: each line of styles.csv after the header is a
+product or a reject naming its line (`styles.csv:<n>`); blank lines are skipped and counted.
+Each file under images/ (any depth, hidden ones included) is a product or a reject naming the
+file. Images are read by Spark (`binaryFile`), so this scales with the cluster; only the styles
+table, which is small, is ever broadcast. The driver lists the folder itself as well, to see
+what Spark's listing skips (hidden files, names that are not UTF-8, broken links) and to say
+why a listed file was not read.
 """
 from __future__ import annotations
 
+import os
+import re
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +25,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .images import inspect_image
-from .styles import PRODUCT_FIELDS, check_header, is_header, parse_styles_line
+from .styles import (
+    BLANK_LINE,
+    PRODUCT_FIELDS,
+    check_header,
+    decode_line,
+    parse_product_id,
+    parse_styles_line,
+    truncate,
+)
 
 STYLES_SCHEMA = T.StructType([
     T.StructField("product_id", T.LongType()),
@@ -28,6 +43,7 @@ STYLES_SCHEMA = T.StructType([
     T.StructField("display_name", T.StringType()),
     T.StructField("reason", T.StringType()),
     T.StructField("line", T.StringType()),
+    T.StructField("line_no", T.LongType()),
 ])
 
 FACTS_SCHEMA = T.StructType([
@@ -47,8 +63,9 @@ IMAGES_DIR = "images"
 class IngestResult:
     products: DataFrame
     rejects: DataFrame
-    styles_rows: int = 0
-    image_files: int = 0
+    styles_rows: int = 0  # lines after the header that are not blank: each a product or reject
+    blank_lines: int = 0  # skipped
+    image_files: int = 0  # files under images/, any depth: each a product or a reject
     ingested: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     per_class: dict[str, int] = field(default_factory=dict)
@@ -60,78 +77,231 @@ class IngestResult:
         for df in self.cached:
             df.unpersist()
 
+    @property
+    def unaccounted(self) -> int:
+        """Inputs in no output, or in two, by the counts: a product takes one row and one
+        file; every other row and file is one reject. 0 when the ingest kept its promise."""
+        return (self.styles_rows + self.image_files - 2 * self.ingested
+                - sum(self.rejects_by_reason.values()))
+
 
 # --- styles.csv ------------------------------------------------------------------------------
 
+def number_lines(lines: DataFrame) -> DataFrame:
+    """`spark.read.text` rows -> (raw: the line's bytes, line_no: its 1-based line number in
+    the file). Distributed like `RDD.zipWithIndex`: a text file's partitions are its
+    consecutive byte ranges in order, so a line's number is the lines in earlier partitions
+    (one small count per partition, collected) plus its position in its own partition. The
+    bytes, not the decoded string, are kept: invalid UTF-8 would fail the Arrow conversion
+    of the whole batch."""
+    tagged = lines.select(F.col("value").cast("binary").alias("raw"),
+                          F.monotonically_increasing_id().alias("_mid"))
+    part = F.shiftright("_mid", 33)
+    counts = sorted((r[0], r[1]) for r in tagged.groupBy(part.alias("p")).count().collect())
+    offsets, total = [], 0
+    for p, n in counts:
+        offsets += [F.lit(p), F.lit(total)]
+        total += n
+    offset = F.element_at(F.create_map(*offsets), part) if offsets else F.lit(0)
+    return tagged.select("raw", (offset + F.col("_mid").bitwiseAND((1 << 33) - 1) + 1)
+                         .cast("long").alias("line_no"))
+
+
 def read_styles(spark: SparkSession, styles_path: str) -> DataFrame:
-    """Every data line of styles.csv parsed (malformed names repaired), with `reason` set on
-    lines that cannot become a product and the raw `line` kept for the rejects table."""
+    """Every line of styles.csv after the header parsed (malformed names repaired), with its
+    `line_no`, `reason` set on lines that cannot become a product (`BLANK_LINE` on blank
+    ones) and the raw `line` kept (truncated) for the rejects table. One bad line never fails
+    the batch: every value is checked against its column type before the frame is built."""
     lines = spark.read.text(styles_path)
-    first = lines.first()
+    first = lines.select(F.col("value").cast("binary")).first()
     if first is None:
         raise ValueError(f"{styles_path} is empty")
-    check_header(first.value)
+    check_header(decode_line(bytes(first[0]), 1)[0])
 
     def parse(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            rows = [dict(parse_styles_line(line), line=line) for line in batch["value"]
-                    if line.strip() and not is_header(line)]
-            yield pd.DataFrame(rows, columns=STYLES_SCHEMA.names).astype(
-                {"product_id": "Int64", "year": "Int32"})
+            rows = []
+            for raw, line_no in zip(batch["raw"], batch["line_no"]):
+                if line_no == 1:
+                    continue
+                text, bad_bytes = decode_line(bytes(raw), int(line_no))
+                row = parse_styles_line(text)
+                if bad_bytes:
+                    row = dict.fromkeys(row, None) | {"product_id": row["product_id"],
+                                                      "reason": bad_bytes}
+                rows.append(dict(row, line=truncate(text), line_no=int(line_no)))
+            frame = pd.DataFrame(rows, columns=STYLES_SCHEMA.names)
+            yield frame.astype({"product_id": "Int64", "year": "Int32", "line_no": "int64"})
 
-    return lines.mapInPandas(parse, STYLES_SCHEMA)
+    return number_lines(lines).mapInPandas(parse, STYLES_SCHEMA)
+
+
+def _line_source(line_no="line_no"):
+    return F.concat(F.lit(STYLES_SOURCE + ":"), F.col(line_no))
 
 
 def split_duplicate_ids(styles: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(good rows, rejects). Identical repeated lines keep one copy; an id whose rows disagree
-    cannot be trusted, so all its rows are rejected."""
+    """(good rows, rejects). Identical repeated lines keep the first copy; an id whose rows
+    disagree cannot be trusted, so all its rows are rejected. Blank lines are neither."""
     parsed = styles.filter(F.col("reason").isNull())
     per_id = Window.partitionBy("product_id")
-    per_line = Window.partitionBy("product_id", "line").orderBy("line")
+    per_line = Window.partitionBy("product_id", "line").orderBy("line_no")
     ranked = (parsed
               .withColumn("_versions", F.size(F.collect_set("line").over(per_id)))
-              .withColumn("_copy", F.row_number().over(per_line)))
+              .withColumn("_copy", F.row_number().over(per_line))
+              .withColumn("_first", F.min("line_no").over(per_line)))
     conflicting = ranked.filter("_versions > 1").select(
-        "product_id", "line",
+        "product_id", "line", "line_no",
         F.concat(F.lit("duplicate id with conflicting rows ("), F.col("_versions"),
                  F.lit(" versions)")).alias("reason"))
     repeated = ranked.filter("_versions = 1 AND _copy > 1").select(
-        "product_id", "line", F.lit("duplicate row (identical copy kept)").alias("reason"))
-    good = ranked.filter("_versions = 1 AND _copy = 1").drop("_versions", "_copy", "reason",
-                                                              "line")
-    malformed = styles.filter(F.col("reason").isNotNull()).select("product_id", "line", "reason")
-    rejects = malformed.unionByName(conflicting).unionByName(repeated).select(
-        "product_id", F.lit(STYLES_SOURCE).alias("source"), "reason",
-        F.col("line").alias("detail"))
+        "product_id", "line", "line_no",
+        F.concat(F.lit("duplicate row (identical copy kept, line "), F.col("_first"),
+                 F.lit(")")).alias("reason"))
+    good = ranked.filter("_versions = 1 AND _copy = 1").drop("_versions", "_copy", "_first",
+                                                              "reason")
+    malformed = styles.filter(F.col("reason").isNotNull() & (F.col("reason") != BLANK_LINE))
+    rejects = (malformed.select("product_id", "line", "line_no", "reason")
+               .unionByName(conflicting).unionByName(repeated).select(
+                   "product_id", _line_source().alias("source"), "reason",
+                   F.col("line").alias("detail")))
     return good, rejects
 
 
 # --- images/ ---------------------------------------------------------------------------------
 
-def _with_names(files: DataFrame) -> DataFrame:
-    name = F.element_at(F.split("path", "/"), -1)
-    stem = F.regexp_extract(name, r"^(.*?)(\.[^.]*)?$", 1)
+HIDDEN = "hidden file (name starts with '.' or '_'): not read"
+IN_SUBFOLDER = "in a subfolder of images/: only images/<id>.<ext> are catalogue images"
+BAD_NAME = "file name is not valid UTF-8: not read"
+VANISHED = "file vanished during ingest"
+# Hadoop's local file system opens `.<name>.crc` beside each file, a relative URI that a ':'
+# makes invalid (URISyntaxException): the scan skips the file (ignoreCorruptFiles).
+COLON_NAME = "could not be read: Hadoop cannot open a file whose name contains ':'"
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """One file under images/, as the driver's listing saw it."""
+    name: str  # relative to the catalogue folder: images/<relative path> (image_name())
+    product_id: int | None
+    size: int | None  # None when it could not be stat'ed (a broken link)
+    problem: str | None  # why it will not be read (a reject reason); None: Spark reads it
+
+
+def image_name(relative: str) -> str:
+    """The one canonical name of a file under images/: `images/` + its path relative to the
+    folder, as the file system spells it (no URL encoding). Bytes that are not UTF-8 are
+    shown as \\xNN escapes."""
+    text = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return f"{IMAGES_DIR}/{text}"
+
+
+def product_id_of_file(file_name: str) -> int | None:
+    """The product id an image file name stands for (`<id>.<ext>`), by styles.csv's rule."""
+    return parse_product_id(re.sub(r"\.[^.]*$", "", file_name.rsplit("/", 1)[-1]))
+
+
+def file_problem(path: str, max_file_bytes: int, open_it: bool = False) -> str | None:
+    """Why the file at `path` cannot be ingested, from the file system now, or None. Never
+    opens anything but a regular file (a named pipe would block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ("could not be read: broken symbolic link" if os.path.islink(path)
+                else VANISHED)
+    except OSError as exc:
+        return f"could not be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return VANISHED + " (replaced by a directory)" if open_it else None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("named pipe" if stat.S_ISFIFO(st.st_mode) else "socket"
+                if stat.S_ISSOCK(st.st_mode) else "device")
+        return f"could not be read: not a regular file ({kind})"
+    if st.st_size == 0:
+        return "empty file"
+    if st.st_size > max_file_bytes:
+        return f"file too large: {st.st_size} bytes > limit {max_file_bytes}"
+    if open_it:
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            return f"could not be read: {exc.strerror or exc}"
+    return None
+
+
+def list_image_files(images_dir: str, max_file_bytes: int) -> list[ListedFile]:
+    """Every file under images/, at any depth, hidden ones included (Spark's listing skips
+    names starting with '.' or '_' without a word), each with the reason it will not be read
+    or None. Symbolic links are followed, as Spark follows them (each directory once)."""
+    listed, seen_dirs = [], set()
+
+    def unlistable(exc: OSError) -> None:
+        if os.path.realpath(exc.filename) == os.path.realpath(images_dir):
+            raise exc
+        relative = os.path.relpath(exc.filename, images_dir)
+        listed.append(ListedFile(image_name(relative), None, None,
+                                 f"folder could not be listed: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(images_dir, onerror=unlistable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        relative_dir = os.path.relpath(folder, images_dir)
+        for file_name in files:
+            relative = file_name if relative_dir == "." else f"{relative_dir}/{file_name}"
+            path = os.path.join(folder, file_name)
+            parts = relative.split("/")
+            name = image_name(relative)
+            if any(p.startswith((".", "_")) for p in parts):
+                problem = HIDDEN
+            elif len(parts) > 1:
+                problem = IN_SUBFOLDER
+            elif name != f"{IMAGES_DIR}/{relative}":
+                problem = BAD_NAME
+            elif ":" in file_name:
+                problem = COLON_NAME
+            else:
+                problem = file_problem(path, max_file_bytes)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = None
+            listed.append(ListedFile(name, product_id_of_file(name), size, problem))
+    return listed
+
+
+def scan_images(spark: SparkSession, images_dir: str) -> tuple[DataFrame, str]:
+    """Spark's read of every file's bytes (`binaryFile`, listed now, read lazily) and the
+    folder's qualified path as Spark spells the files' `path`. Recursive lookup, so that a
+    `key=value` subfolder cannot turn into a partition column that hides the top-level
+    files; subfolder files are dropped by name (they are rejects from the driver listing).
+    A file that vanishes or cannot be read after the listing is skipped, not fatal: the
+    driver classifies what the scan did not return."""
+    scan = (spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("ignoreMissingFiles", "true")
+            .option("ignoreCorruptFiles", "true")
+            .load(images_dir))
+    jvm = spark.sparkContext._jvm
+    folder = jvm.org.apache.hadoop.fs.Path(images_dir)
+    fs = folder.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return scan, fs.makeQualified(folder).toString().rstrip("/")
+
+
+def _with_names(files: DataFrame, base: str) -> DataFrame:
+    """image_file (image_name() of the file) and product_id (product_id_of_file()) from
+    Spark's `path`; rows of files in subfolders get a null image_file."""
+    relative = F.substring("path", len(base) + 2, 1 << 30)
+    top_level = F.col("path").startswith(base + "/") & ~relative.contains("/")
+    stem = F.regexp_extract(relative, r"^(.*?)(\.[^.]*)?$", 1)
     return (files
-            .withColumn("image_file", F.concat(F.lit(IMAGES_DIR + "/"), name))
-            .withColumn("product_id", F.when(stem.rlike(r"^[0-9]{1,18}$"), stem.cast("long"))))
-
-
-def unreadable_files(spark: SparkSession, scan: DataFrame, scanned_names: set[str],
-                     max_file_bytes: int) -> DataFrame:
-    """Files the content scan does not return: too large (the length filter is pushed down,
-    so their bytes are never read) and empty (Spark's file scans skip zero-length files; they
-    are the file index's names that no scan returned). Columns: image_file, product_id,
-    length, _reason."""
-    too_large = _with_names(scan.filter(F.col("length") > max_file_bytes).select("path", "length"))
-    too_large_names = {r[0] for r in too_large.select("image_file").collect()}
-    seen = scanned_names | too_large_names
-    empty = [(p,) for p in scan.inputFiles()
-             if f"{IMAGES_DIR}/{p.rsplit('/', 1)[-1]}" not in seen]
-    empties = _with_names(spark.createDataFrame(empty, "path string")).withColumn(
-        "length", F.lit(0).cast("long")).withColumn("_reason", F.lit("empty file"))
-    too_large = too_large.withColumn("_reason", F.concat(
-        F.lit("file too large: "), F.col("length"), F.lit(f" bytes > limit {max_file_bytes}")))
-    return too_large.unionByName(empties).drop("path")
+            .withColumn("image_file", F.when(top_level, F.concat(F.lit(IMAGES_DIR + "/"),
+                                                                 relative)))
+            .withColumn("product_id", F.when(stem.rlike(r"^[0-9]{1,19}$"),
+                                             stem.try_cast("long"))))
 
 
 def inspect_images(images: DataFrame, max_pixels: int) -> DataFrame:
@@ -158,9 +328,11 @@ def sample_filter(fraction: float):
 
 def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
                      max_file_bytes: int, sample_fraction: float = 1.0,
-                     target_file_bytes: int = 128 * 1024 * 1024) -> IngestResult:
+                     target_file_bytes: int = 128 * 1024 * 1024,
+                     after_listing: Callable[[], None] | None = None) -> IngestResult:
     """Read, validate and join a catalogue folder. Images are decoded once and cached for the
-    products and rejects outputs; call `result.release()` after writing them."""
+    products and rejects outputs; call `result.release()` after writing them.
+    `after_listing` is called once images/ is listed and before any image is read."""
     started = time.time()
     root = Path(data_dir)
     styles_path, images_dir = root / STYLES_SOURCE, root / IMAGES_DIR
@@ -174,22 +346,42 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
     styles_ok, styles_bad = split_duplicate_ids(styles)
     styles_ok = styles_ok.persist()
 
-    # One scan reads every image's bytes once; its listing also serves the checks below.
-    scan = spark.read.format("binaryFile").load(str(images_dir))
-    readable = _with_names(scan.filter(F.col("length") <= max_file_bytes)).filter(in_sample)
+    # Spark lists the folder when the scan is defined; then the driver lists it (every file).
+    scan, base = scan_images(spark, str(images_dir))
+    listed = list_image_files(str(images_dir), max_file_bytes)
+    if after_listing is not None:
+        after_listing()
+
+    # One scan reads every top-level image's bytes once.
+    readable = (_with_names(scan.filter(F.col("length") <= max_file_bytes), base)
+                .filter(F.col("image_file").isNotNull()).filter(in_sample))
     rejected_rows = (styles_bad.filter(F.col("product_id").isNotNull())
                      .select("product_id").distinct().withColumn("_row_rejected", F.lit(True)))
     decoded = (inspect_images(readable, max_image_pixels)
-               .join(F.broadcast(styles_ok.withColumn("_has_row", F.lit(True))), "product_id",
-                     "left")
+               .join(F.broadcast(styles_ok.drop("line", "line_no")
+                                 .withColumn("_has_row", F.lit(True))), "product_id", "left")
                .join(F.broadcast(rejected_rows), "product_id", "left")
                .persist(StorageLevel.MEMORY_AND_DISK))
     decoded.count()  # decode every image once, in parallel, before anything coalesces
 
-    scanned_names = {r[0] for r in decoded.select("image_file").collect()}
-    unreadable = unreadable_files(spark, scan, scanned_names, max_file_bytes).filter(in_sample)
+    # Every listed file the scan did not return gets its reason from the driver.
+    scanned = {r[0] for r in decoded.select("image_file").collect()}
+    unread = []
+    for f in listed:
+        if f.name in scanned:
+            continue
+        problem = f.problem or (
+            file_problem(str(root / f.name), max_file_bytes, open_it=True)
+            or "could not be read by Spark (its warning in the job log names the error)")
+        unread.append((f.product_id, f.name, problem, f.size,
+                       f.problem not in (HIDDEN, IN_SUBFOLDER)))
+    unreadable = spark.createDataFrame(
+        unread, "product_id long, image_file string, _reason string, length long, "
+                "_top boolean").filter(in_sample)
+    # A product's files: the top-level ones, read or not; hidden and subfolder files are not.
     files = (decoded.select("image_file", "product_id", "length")
-             .unionByName(unreadable.drop("_reason")).persist())
+             .unionByName(unreadable.filter("_top").select("image_file", "product_id",
+                                                           "length")).persist())
     several = (files.filter(F.col("product_id").isNotNull()).groupBy("product_id").count()
                .filter("count > 1").select("product_id", F.lit(True).alias("_several")))
     outcome = (F.when(F.col("product_id").isNull(), F.lit("image file name is not a product id"))
@@ -207,22 +399,30 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
     image_bad = checked.filter(F.col("_reason").isNotNull()).select(
         "product_id", F.col("image_file").alias("source"), F.col("_reason").alias("reason"),
         F.concat(F.col("length"), F.lit(" bytes")).alias("detail"))
-    no_image = styles_ok.join(files.select("product_id").distinct(), "product_id", "left_anti").select(
-        "product_id", F.lit(STYLES_SOURCE).alias("source"),
-        F.lit("no image file for this row").alias("reason"), F.lit(None).cast("string").alias("detail"))
+    # A good row that made no product: its image file is missing, or rejected.
+    with_file = files.filter(F.col("product_id").isNotNull()).select("product_id").distinct()
+    row_left = (styles_ok.join(products.select("product_id"), "product_id", "left_anti")
+                .join(with_file.withColumn("_has_file", F.lit(True)), "product_id", "left")
+                .select("product_id", _line_source().alias("source"),
+                        F.when(F.col("_has_file"),
+                               F.lit("its image file was rejected (see the images/ reject)"))
+                        .otherwise(F.lit("no image file for this row")).alias("reason"),
+                        F.col("line").alias("detail")))
     unreadable_bad = unreadable.select(
         "product_id", F.col("image_file").alias("source"), F.col("_reason").alias("reason"),
         F.concat(F.col("length"), F.lit(" bytes")).alias("detail"))
     rejects = (styles_bad.unionByName(unreadable_bad).unionByName(image_bad)
-               .unionByName(no_image).coalesce(1).persist())
+               .unionByName(row_left).coalesce(1).persist())
 
     total_bytes = files.agg(F.sum("length")).first()[0] or 0
     result = IngestResult(
         products=products.coalesce(max(1, -(-total_bytes // target_file_bytes))),
         rejects=rejects,
         cached=[decoded, styles, styles_ok, files, rejects])
-    result.styles_rows = styles.count()
-    result.image_files = files.count()
+    lines = styles.agg(F.count_if(F.col("reason") == BLANK_LINE), F.count("*")).first()
+    result.blank_lines = lines[0]
+    result.styles_rows = lines[1] - lines[0]
+    result.image_files = decoded.count() + unreadable.count()
     result.ingested = result.products.count()
     result.rejects_by_reason = _counts(rejects, F.regexp_replace("reason", r"[0-9]+", "N"))
     result.per_class = _counts(result.products, F.coalesce("master_category", F.lit("(none)")))
@@ -237,14 +437,18 @@ def _counts(df: DataFrame, key) -> dict[str, int]:
 
 def format_summary(result: IngestResult) -> str:
     lines = [
-        f"styles.csv rows read : {result.styles_rows:,}",
-        f"image files read     : {result.image_files:,}",
+        f"styles.csv rows read : {result.styles_rows:,} "
+        f"(after the header; {result.blank_lines:,} blank lines skipped)",
+        f"image files read     : {result.image_files:,} (every file under images/)",
         f"products ingested    : {result.ingested:,}",
         f"rejected             : {sum(result.rejects_by_reason.values()):,}",
     ]
     lines += [f"  {n:>8,}  {reason}" for reason, n in result.rejects_by_reason.items()]
     lines.append("per master_category:")
     lines += [f"  {n:>8,}  {cls}" for cls, n in result.per_class.items()]
+    lines.append("every input accounted for: " + (
+        "yes (rows + files = 2 x products + rejects)" if result.unaccounted == 0
+        else f"NO: {result.unaccounted:+,} (rows + files - 2 x products - rejects)"))
     rate = result.image_files / result.seconds if result.seconds else 0.0
     lines.append(f"time                 : {result.seconds:.1f} s ({rate:,.0f} images/s)")
     return "\n".join(lines)

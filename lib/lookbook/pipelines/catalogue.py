@@ -32,6 +32,7 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
         details=format_summary(result),
         params={"catalogue": str(Path(cfg.data_dir).resolve())},  # data_dir may be relative
         metrics={"styles_rows": result.styles_rows, "image_files": result.image_files,
+                 "blank_lines": result.blank_lines, "unaccounted": result.unaccounted,
                  "products": result.ingested, "rejects": n_rejects,
                  **{f"products.{cls}": n for cls, n in result.per_class.items()},
                  **{f"rejects.{reason}": n for reason, n in result.rejects_by_reason.items()}},
