@@ -51,7 +51,7 @@ STRING, BINARY, VECTOR = T.StringType(), T.BinaryType(), T.ArrayType(T.FloatType
 def _rejects(name: str, written_by: str, doc: str, written_with: str) -> TableSpec:
     return TableSpec(name, doc, written_by, (), (
             Column("product_id", LONG, "where known"),
-            Column("source", STRING, "the input: `styles.csv`, `images/<file>`, or the step"),
+            Column("source", STRING, "the input: `styles.csv:<line>`, `images/<path>`, or the step"),
             Column("reason", STRING, "why it was rejected"),
             Column("detail", STRING, "the raw CSV line, the file size, or the settings"),
         ), written_with)
