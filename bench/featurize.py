@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from machine import cpu_line  # noqa: E402  (bench/machine.py)
 
 
 def real_slice(data_dir: Path, n: int, out: Path) -> Path:
@@ -103,6 +104,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 def main() -> None:
+    print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir",
                         default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion"))

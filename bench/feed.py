@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import numpy as np  # noqa: E402
+from machine import cpu_line  # bench/machine.py
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
@@ -80,6 +81,7 @@ def fresh_head(dim: int, classes: int):
 
 
 def main() -> None:
+    print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warehouse", default="warehouse")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N")

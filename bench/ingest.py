@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_line  # bench/machine.py
+
 from lookbook.config import load_config
 from lookbook.io.images import inspect_image
 from lookbook.pipelines.catalogue import ingest
@@ -40,6 +42,7 @@ def read_checked(files: list[Path], max_pixels: int) -> float:
 
 
 def main() -> None:
+    print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/fashion")
     parser.add_argument("--master", default="local[*]")

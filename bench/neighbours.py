@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from machine import cpu_line  # bench/machine.py
 
 from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
 from lookbook.features.backbones import feature_layers  # noqa: E402
@@ -143,6 +144,7 @@ def run_set(spark, name: str, ids: np.ndarray, vectors: np.ndarray, block_rows: 
 
 
 def main() -> None:
+    print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warehouse")
     parser.add_argument("--synthetic", type=int, nargs="*", default=[])

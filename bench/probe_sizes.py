@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_line  # bench/machine.py
 from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -80,6 +81,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
+    print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="products to probe")
     parser.add_argument("--classes", type=int, default=20, help="commonest articleTypes")

@@ -114,6 +114,19 @@ def catalogue(tmp_path_factory) -> tuple[Path, dict]:
     return root, made
 
 
+def poisoned(features, values: dict):
+    """`features` with the embeddings of the given products replaced by one value repeated
+    (NaN, inf, 0: vectors without a direction, as an older table may hold)."""
+    from pyspark.sql import functions as F
+
+    embedding = F.col("embedding")
+    for pid, value in values.items():
+        embedding = F.when(F.col("product_id") == pid,
+                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
+                           ).otherwise(embedding)
+    return features.withColumn("embedding", embedding)
+
+
 def config_for(catalogue_dir: Path, warehouse: Path, weights: Path, *overrides: str) -> Config:
     return load_config(None, [f"data_dir={catalogue_dir}", f"warehouse={warehouse}",
                               f"featurize.weights_cache={weights}", *overrides])

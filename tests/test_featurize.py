@@ -27,7 +27,7 @@ from lookbook.io.synthetic import draw_product, jpeg_bytes
 from lookbook.pipelines.catalogue import ingest as ingest_step
 from lookbook.pipelines.features import featurize as featurize_step
 
-from conftest import config_for
+from conftest import config_for, poisoned
 
 
 def features_of(spark, cfg, **settings):
@@ -273,13 +273,3 @@ def test_unusable_rows_of_an_older_table_are_computed_again(spark, warehouse_cop
     assert result.summary.startswith("2 computed") and "2 stale dropped" in result.summary
     vectors = features_of(spark, warehouse_copy)
     assert all(np.isfinite(vectors[pid]).all() and vectors[pid].any() for pid in (first, second))
-
-
-def poisoned(features, values: dict):
-    """`features` with the embeddings of the given products replaced by one value repeated."""
-    embedding = F.col("embedding")
-    for pid, value in values.items():
-        embedding = F.when(F.col("product_id") == pid,
-                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
-                           ).otherwise(embedding)
-    return features.withColumn("embedding", embedding)

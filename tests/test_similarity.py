@@ -21,7 +21,7 @@ from lookbook.pipelines.similarity import (
 from lookbook.reports.gallery import gallery_queries, gallery_rows
 from lookbook.similarity.relevance import relevance_metrics
 
-from conftest import DUPLICATE_ID, config_for
+from conftest import DUPLICATE_ID, config_for, poisoned
 from reference import assert_exact_top_k
 
 
@@ -186,16 +186,6 @@ def test_similar_by_product_reads_the_neighbours_table(spark, warehouse):
 
 
 # --- older tables: features without a direction, neighbours of deleted products -------------
-
-def poisoned(features, values: dict):
-    """`features` with the embeddings of the given products replaced by one value repeated."""
-    embedding = F.col("embedding")
-    for pid, value in values.items():
-        embedding = F.when(F.col("product_id") == pid,
-                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
-                           ).otherwise(embedding)
-    return features.withColumn("embedding", embedding)
-
 
 def test_neighbours_skip_features_without_a_direction(spark, warehouse_copy):
     """A features table from before featurize rejected them: a NaN and an all-zero vector are

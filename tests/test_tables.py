@@ -135,26 +135,22 @@ def staged_folders(path) -> list[str]:
     return sorted(p.name for p in Path(path).iterdir() if p.name != "_delta_log")
 
 
-def test_a_ctrl_c_after_the_commit_keeps_the_committed_files(spark, tmp_path, monkeypatch):
+@pytest.mark.parametrize("moment, version, content", [
+    ("tables.staged", 0, range(3)),      # nothing committed: the staged files go
+    ("tables.committed", 1, range(7)),   # committed: the files are the version, they stay
+])
+def test_a_ctrl_c_keeps_exactly_the_committed_files(spark, tmp_path, monkeypatch, moment,
+                                                    version, content):
     path = str(tmp_path / "t")
     write_table(spark.range(3), path)
-    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.committed")
+    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", moment)
     with pytest.raises(KeyboardInterrupt):
         write_table(spark.range(7), path)
     monkeypatch.delenv("LOOKBOOK_INTERRUPT_AT")
-    # The commit is durable, so its files must be too: the old code deleted them here and
-    # every later read failed with FileNotFoundError.
-    assert table_version(path) == 1 and ids(read_table(spark, path)) == list(range(7))
-    assert len(staged_folders(path)) == 2
-
-
-def test_a_ctrl_c_before_the_commit_leaves_no_litter(spark, tmp_path, monkeypatch):
-    path = str(tmp_path / "t")
-    write_table(spark.range(3), path)
-    monkeypatch.setenv("LOOKBOOK_INTERRUPT_AT", "tables.staged")
-    with pytest.raises(KeyboardInterrupt):
-        write_table(spark.range(7), path)
-    assert table_version(path) == 0 and len(staged_folders(path)) == 1
+    # After the commit, the old code deleted the files anyway: every later read failed
+    # with FileNotFoundError.
+    assert table_version(path) == version and ids(read_table(spark, path)) == list(content)
+    assert len(staged_folders(path)) == version + 1
 
 
 def test_a_commit_is_made_against_the_version_read(spark, tmp_path):
