@@ -272,16 +272,10 @@ def with_setting_columns(existing: DataFrame) -> DataFrame:
     return existing
 
 
-def stale_features(products: DataFrame, existing: DataFrame | None,
-                   spec: FeatureModelSpec) -> DataFrame | None:
-    """Rows of these settings that plan_featurize drops: product gone, image changed or
-    embedding not usable. The table must be rewritten for them even when nothing is new."""
-    if existing is None:
-        return None
-    current = products.select("product_id", "sha256", F.lit(True).alias("_current"))
-    return (with_setting_columns(existing).filter(settings_match(spec))
-            .join(current, ["product_id", "sha256"], "left")
-            .filter(F.col("_current").isNull() | ~usable_embedding()).drop("_current"))
+def rows_of_settings(existing: DataFrame, spec: FeatureModelSpec) -> DataFrame:
+    """Rows made with exactly `spec`'s settings (an older table's rows without some setting
+    column match none)."""
+    return with_setting_columns(existing).filter(settings_match(spec))
 
 
 def featurize_products(products: DataFrame, spec: FeatureModelSpec,

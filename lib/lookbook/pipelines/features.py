@@ -13,8 +13,8 @@ from ..features.featurize import (
     featurize_products,
     plan_featurize,
     prepare_model,
+    rows_of_settings,
     settings_match,
-    stale_features,
 )
 from ..io.catalog import Catalog
 from .base import StepResult, catalog, step
@@ -46,15 +46,15 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     existing = tables.read("features") if tables.exists("features") else None
     products = tables.read("products")
     todo, keep = plan_featurize(products, existing, spec)
-    # Rows of deleted products or changed images must go even when nothing new is computed.
-    stale = stale_features(products, existing, spec)
-    n_stale = stale.count() if stale is not None else 0
+    kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
+    # Rows of these settings not kept (product gone, image changed, vector unusable) must go
+    # even when nothing new is computed.
+    n_stale = rows_of_settings(existing, spec).count() - kept if existing is not None else 0
     started = time.time()
     new = featurize_products(todo, spec, cfg.featurize.rows_per_partition).persist()
     n_new = new.count()
     seconds = time.time() - started
     n_failed = new.filter(F.col("error").isNotNull()).count()
-    kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
     outputs = {}
     if n_new or n_stale:
         meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
