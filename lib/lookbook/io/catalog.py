@@ -184,7 +184,7 @@ class Catalog:
         return tables.table_exists(self.path(name))
 
     def version(self, name: str) -> int:
-        """The version a read sees (see `visible_version`)."""
+        """The version a read sees (see `_visible_version`)."""
         return self._versions(name)[1]
 
     def history(self, name: str) -> list[dict]:
@@ -222,12 +222,11 @@ class Catalog:
         batch = {BATCH: uuid.uuid4().hex, **(metadata or {})}
         return {name: self.write(name, df, metadata=batch) for name, df in frames.items()}
 
-    def visible_version(self, name: str) -> int:
+    def _visible_version(self, name: str, latest: int) -> int:
         """The newest version whose batch is complete: a version committed by
         `write_together` whose partner table never got the same batch (the job died between
         the two commits) is skipped, with everything after it that changed no data.
         -1 when no complete version exists yet."""
-        latest = tables.table_version(self.path(name))
         partner = table_spec(name).written_with
         if partner is None:
             return latest
@@ -244,8 +243,8 @@ class Catalog:
 
     def _versions(self, name: str) -> tuple[int, int]:
         if name not in self._pinned:
-            self._pinned[name] = (tables.table_version(self.path(name)),
-                                  self.visible_version(name))
+            latest = tables.table_version(self.path(name))
+            self._pinned[name] = (latest, self._visible_version(name, latest))
         return self._pinned[name]
 
     def vacuum(self, name: str, retention_hours: int, dry_run: bool) -> tuple[list[str], int]:
