@@ -201,16 +201,21 @@ def product_id_of_file(file_name: str) -> int | None:
     return parse_product_id(re.sub(r"\.[^.]*$", "", file_name.rsplit("/", 1)[-1]))
 
 
-def file_problem(path: str, max_file_bytes: int, open_it: bool = False) -> str | None:
-    """Why the file at `path` cannot be ingested, from the file system now, or None. Never
-    opens anything but a regular file (a named pipe would block)."""
+def stat_file(path: str) -> tuple[os.stat_result | None, str | None]:
+    """The file's stat (links followed), or None and why it has none."""
     try:
-        st = os.stat(path)
+        return os.stat(path), None
     except FileNotFoundError:
-        return ("could not be read: broken symbolic link" if os.path.islink(path)
-                else VANISHED)
+        return None, ("could not be read: broken symbolic link" if os.path.islink(path)
+                      else VANISHED)
     except OSError as exc:
-        return f"could not be read: {exc.strerror or exc}"
+        return None, f"could not be read: {exc.strerror or exc}"
+
+
+def stat_problem(path: str, st: os.stat_result, max_file_bytes: int,
+                 open_it: bool = False) -> str | None:
+    """Why the file `st` describes cannot be ingested, or None. Never opens anything but a
+    regular file (a named pipe would block)."""
     if stat.S_ISDIR(st.st_mode):
         return VANISHED + " (replaced by a directory)" if open_it else None
     if not stat.S_ISREG(st.st_mode):
@@ -228,6 +233,12 @@ def file_problem(path: str, max_file_bytes: int, open_it: bool = False) -> str |
         except OSError as exc:
             return f"could not be read: {exc.strerror or exc}"
     return None
+
+
+def file_problem(path: str, max_file_bytes: int, open_it: bool = False) -> str | None:
+    """Why the file at `path` cannot be ingested, from the file system now, or None."""
+    st, problem = stat_file(path)
+    return problem or stat_problem(path, st, max_file_bytes, open_it)
 
 
 def list_image_files(images_dir: str, max_file_bytes: int) -> list[ListedFile]:
@@ -253,6 +264,7 @@ def list_image_files(images_dir: str, max_file_bytes: int) -> list[ListedFile]:
         for file_name in files:
             relative = file_name if relative_dir == "." else f"{relative_dir}/{file_name}"
             path = os.path.join(folder, file_name)
+            st, unstatable = stat_file(path)  # one stat per file: the driver lists them all
             parts = relative.split("/")
             name = image_name(relative)
             if any(p.startswith((".", "_")) for p in parts):
@@ -264,12 +276,9 @@ def list_image_files(images_dir: str, max_file_bytes: int) -> list[ListedFile]:
             elif ":" in file_name:
                 problem = COLON_NAME
             else:
-                problem = file_problem(path, max_file_bytes)
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = None
-            listed.append(ListedFile(name, product_id_of_file(name), size, problem))
+                problem = unstatable or stat_problem(path, st, max_file_bytes)
+            listed.append(ListedFile(name, product_id_of_file(name),
+                                     st.st_size if st else None, problem))
     return listed
 
 
