@@ -15,6 +15,7 @@ from lookbook.io.tables import (
     DuplicateKeys,
     SchemaMismatch,
     WriteConflict,
+    merge_table,
     read_table,
     table_exists,
     table_history,
@@ -31,9 +32,9 @@ def ids(df):
 def test_overwrite_append_versions_and_time_travel(spark, tmp_path):
     path = str(tmp_path / "t")
     assert not table_exists(path)
-    assert write_table(spark.range(10), path) == 0
-    assert write_table(spark.range(3), path, mode="overwrite") == 1
-    assert write_table(spark.range(100, 102), path, mode="append") == 2
+    assert write_table(spark.range(10), path).version == 0
+    assert write_table(spark.range(3), path, mode="overwrite").version == 1
+    assert write_table(spark.range(100, 102), path, mode="append").version == 2
     assert ids(read_table(spark, path)) == [0, 1, 2, 100, 101]
     assert ids(read_table(spark, path, version=0)) == list(range(10))
     assert ids(read_table(spark, path, version=1)) == [0, 1, 2]
@@ -118,7 +119,7 @@ def test_keys_must_stay_unique_or_nothing_is_committed(spark, tmp_path):
         write_table(spark.range(4, 6), path, mode="append", keys=("id",))
     assert table_version(path) == 0 and ids(read_table(spark, path)) == list(range(5))
     assert len([p for p in Path(path).iterdir() if p.name != "_delta_log"]) == 1  # no litter
-    assert write_table(spark.range(5, 7), path, mode="append", keys=("id",)) == 1
+    assert write_table(spark.range(5, 7), path, mode="append", keys=("id",)).version == 1
 
 
 def test_missing_table_is_a_clear_error(spark, tmp_path):
@@ -163,12 +164,12 @@ def test_a_commit_is_made_against_the_version_read(spark, tmp_path):
     # Nothing lost: the other job's rows are there, this write left nothing behind.
     assert ids(read_table(spark, path)) == [0, 1, 2, 100, 101, 102, 103, 104]
     assert len(staged_folders(path)) == 2
-    assert write_table(spark.range(10, 13), path, read_version=1) == 2
+    assert write_table(spark.range(10, 13), path, read_version=1).version == 2
 
 
 def test_two_first_writers_one_creates_the_other_conflicts(spark, tmp_path):
     path = str(tmp_path / "t")
-    assert write_table(spark.range(2), path) == 0
+    assert write_table(spark.range(2), path).version == 0
     with pytest.raises(WriteConflict, match="after this one read no table yet"):
         tables_module._commit(path, path, None, [], "overwrite",
                               DeltaTable(path).schema(), {})
@@ -188,7 +189,7 @@ def test_concurrent_appends_lose_nothing_and_each_returns_its_own_version(spark,
             while True:
                 try:
                     made[tag].append(write_table(rows, path, mode="append",
-                                                 metadata={"writer": f"{tag}{batch}"}))
+                                                 metadata={"writer": f"{tag}{batch}"}).version)
                     break
                 except WriteConflict:
                     continue
@@ -215,7 +216,7 @@ def test_an_append_with_another_schema_is_refused(spark, tmp_path):
     with pytest.raises(SchemaMismatch, match="extra: table absent"):
         write_table(spark.range(2).withColumn("extra", F.lit(1)), path, mode="append")
     assert table_version(path) == 0 and ids(read_table(spark, path)) == [0, 1, 2]
-    assert write_table(spark.range(5, 6), path, mode="append") == 1  # same schema: fine
+    assert write_table(spark.range(5, 6), path, mode="append").version == 1  # same schema: fine
 
 
 def test_vacuum_removes_old_versions_and_orphans_but_keeps_the_current_one(spark, tmp_path):
@@ -255,6 +256,79 @@ def test_a_failed_checkpoint_after_the_100th_commit_loses_nothing(spark, tmp_pat
         DeltaTable(path).create_write_transaction([same_file], mode="overwrite",
                                                   schema=table.schema())
     (Path(path) / "_delta_log" / "_last_checkpoint").mkdir()
-    assert write_table(spark.range(10, 12), path) == 99
+    assert write_table(spark.range(10, 12), path).version == 99
     assert "version 99 is committed, but a step after the commit failed" in caplog.text
     assert ids(read_table(spark, path)) == [10, 11]
+
+
+# --- merge by key: only files holding a changed row are rewritten -----------------------------
+
+def table_files(path) -> dict[str, tuple[int, int]]:
+    """Each file of the current version: (smallest, largest) id, read from the file itself."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for uri in DeltaTable(path).file_uris():
+        column = pq.read_table(uri, columns=["id"])["id"].to_pylist()
+        out[Path(uri).relative_to(Path(path).resolve()).as_posix()] = (min(column), max(column))
+    return out
+
+
+def rows(df) -> dict[int, str]:
+    return {r["id"]: r["value"] for r in df.collect()}
+
+
+def test_merge_rewrites_only_the_files_holding_changed_keys(spark, tmp_path):
+    path = str(tmp_path / "t")
+    start = spark.range(1000).select("id", F.concat(F.lit("v"), "id").alias("value"))
+    write_table(start, path, keys=("id",), cluster_by=("id",), rows_per_file=100)
+    before = table_files(path)
+    assert len(before) == 10  # ranges of consecutive ids, 100 rows each
+    ranges = sorted(before.values())
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))
+
+    upserts = spark.createDataFrame([(5, "changed"), (7, "changed"), (5000, "new")],
+                                    "id long, value string")
+    removed = spark.createDataFrame([(950,), (123456,)], "id long")  # one absent: no error
+    written = merge_table(upserts, removed, path, ("id",), {"lookbook.job": "test"}, ("id",),
+                          cluster_by=("id",), rows_per_file=100)
+    assert written.version == 1 and written.files_removed == 2 and written.files_kept == 8
+    expected = {i: f"v{i}" for i in range(1000) if i != 950} | {5: "changed", 7: "changed",
+                                                                  5000: "new"}
+    assert rows(read_table(spark, path)) == expected
+    after = table_files(path)
+    kept = {f for f, r in before.items() if not (r[0] <= 5 <= r[1] or r[0] <= 950 <= r[1])}
+    assert len(kept) == 8 and kept <= set(after)  # the very same files
+    assert written.bytes_written == sum((Path(path) / f).stat().st_size
+                                        for f in set(after) - kept)
+    assert rows(read_table(spark, path, version=0)) == {i: f"v{i}" for i in range(1000)}
+    assert table_history(path)[0]["lookbook.job"] == "test"
+
+
+def test_merge_with_nothing_to_change_commits_nothing(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.range(10).select("id", F.lit("v").alias("value")), path)
+    empty = spark.createDataFrame([], "id long, value string")
+    written = merge_table(empty, spark.createDataFrame([(99,)], "id long"), path, ("id",))
+    assert written.version is None and written.files_kept >= 1
+    assert table_version(path) == 0
+
+
+def test_merge_matches_nulls_and_checks_keys_and_conflicts(spark, tmp_path):
+    path = str(tmp_path / "t")
+    write_table(spark.createDataFrame([(None, "a"), (1, "b"), (2, "c")], "id long, value string"),
+                path)
+    # Rows without an id (a reject whose file name is no id) are matched like any other.
+    merge_table(spark.createDataFrame([(None, "z")], "id long, value string"), None, path,
+                ("id",))
+    assert sorted(read_table(spark, path).collect(), key=str) == sorted(
+        [(None, "z"), (1, "b"), (2, "c")], key=str)
+    with pytest.raises(DuplicateKeys):
+        merge_table(spark.createDataFrame([(3, "x"), (3, "y")], "id long, value string"), None,
+                    path, ("id",), keys=("id",))
+    with pytest.raises(WriteConflict):  # computed from version 0; version 1 is newer
+        merge_table(spark.createDataFrame([(4, "x")], "id long, value string"), None, path,
+                    ("id",), read_version=0)
+    with pytest.raises(SchemaMismatch):
+        merge_table(spark.createDataFrame([(4, 1)], "id long, value long"), None, path, ("id",))
+    assert table_version(path) == 1

@@ -32,7 +32,7 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
 
 # Job arguments that are shorthands for config keys: `similar image=x.jpg` = `similar.image=x.jpg`.
 SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",),
-              "vacuum": ("dry_run", "retention_hours")}
+              "vacuum": ("dry_run", "retention_hours"), "refresh": ("retrain",)}
 
 
 def job_shorthand(job: str, item: str) -> str:
@@ -53,7 +53,7 @@ def configure_logging() -> None:
 
 def run_job(job: str, argv: list[str]) -> None:
     """Entry point of jobs/<job>.py: config, session, the job's steps, a summary, an exit code."""
-    from .pipelines.runner import PIPELINE_JOB, job_steps, run_job_steps
+    from .pipelines.runner import job_steps, pipeline_name, run_job_steps
     from .session import build_spark
 
     try:
@@ -67,8 +67,8 @@ def run_job(job: str, argv: list[str]) -> None:
         done, run_id = run_job_steps(spark, cfg, job, lambda line: print(line, flush=True))
     finally:
         spark.stop()
-    if job == PIPELINE_JOB:
-        print("\npipeline summary\n" + summary_table([(d.name, d.seconds, d.result.summary)
+    if pipeline_name(job, cfg) is not None:
+        print(f"\n{job} summary\n" + summary_table([(d.name, d.seconds, d.result.summary)
                                                      for d in done]))
     if run_id:
         from .tracking import store_uri

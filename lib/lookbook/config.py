@@ -167,6 +167,17 @@ class TablesSettings:
     # A step whose commit finds that another job committed the same table after the step read
     # it (two jobs on one warehouse) runs again on the new version, this many times.
     conflict_retries: int = 2
+    # Files hold the rows of this many consecutive product ids (a neighbours file k times as
+    # many rows). A merge rewrites only the files holding a changed product: smaller files,
+    # fewer bytes rewritten per change, more files to list and open per read.
+    products_per_file: int = 1000
+
+
+@dataclass
+class RefreshSettings:
+    # `./spark-submit.sh refresh` uses the current model for new and changed products;
+    # true trains a new one first (and then predicts every product with it).
+    retrain: bool = False
 
 
 @dataclass
@@ -209,6 +220,7 @@ class Config:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     tables: TablesSettings = field(default_factory=TablesSettings)
     vacuum: VacuumSettings = field(default_factory=VacuumSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
@@ -230,6 +242,8 @@ class Config:
                               f"not {self.train.class_weights!r}")
         if self.tables.conflict_retries < 0 or self.vacuum.retention_hours < 0:
             raise ConfigError("tables.conflict_retries and vacuum.retention_hours must be >= 0")
+        if self.tables.products_per_file < 1:
+            raise ConfigError("tables.products_per_file must be >= 1")
         try:
             check_fractions(self.split.train, self.split.validation)
         except ValueError as exc:

@@ -250,16 +250,17 @@ def plan_featurize(products: DataFrame, existing: DataFrame | None,
     """(products still to featurise, existing feature rows to keep).
 
     A product is done when a row with the same settings and the same image sha256 exists.
-    Rows of other settings are kept untouched; rows of these settings for images that have
-    changed, products that are gone or embeddings that are not usable are dropped (the last
-    are computed again)."""
+    Rows of other settings are kept while their product and image are; rows of these
+    settings for images that have changed, products that are gone or embeddings that are not
+    usable are dropped (the last are computed again)."""
     if existing is None:
         return products, None
     existing = with_setting_columns(existing)
     current = products.select("product_id", "sha256")
     mine = (existing.filter(settings_match(spec)).filter(usable_embedding())
             .join(current, ["product_id", "sha256"], "left_semi"))
-    others = existing.filter(~settings_match(spec))
+    others = existing.filter(~settings_match(spec)).join(current, ["product_id", "sha256"],
+                                                          "left_semi")
     todo = products.join(mine.select("product_id", "sha256"), ["product_id", "sha256"], "left_anti")
     return todo, others.unionByName(mine)
 
@@ -270,12 +271,6 @@ def with_setting_columns(existing: DataFrame) -> DataFrame:
         if name not in existing.columns:
             existing = existing.withColumn(name, F.lit(None).cast("string"))
     return existing
-
-
-def rows_of_settings(existing: DataFrame, spec: FeatureModelSpec) -> DataFrame:
-    """Rows made with exactly `spec`'s settings (an older table's rows without some setting
-    column match none)."""
-    return with_setting_columns(existing).filter(settings_match(spec))
 
 
 def featurize_products(products: DataFrame, spec: FeatureModelSpec,

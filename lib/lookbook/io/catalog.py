@@ -16,9 +16,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from . import tables
-from .tables import SchemaMismatch
+from .tables import SchemaMismatch, Written
 
 BATCH = "lookbook.batch"  # commit metadata: the write that committed a pair of tables together
+CLUSTER_BY = ("product_id",)  # every table's files hold ranges of product ids
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TableSpec:
     # The table its step writes together with it (outputs and their rejects): a reader sees
     # the two at versions written by the same run of the step, never one without the other.
     written_with: str | None = None
+    # Rows per product: files hold `tables.products_per_file` products' rows, clustered by id.
+    rows_per_product: int = 1
 
     @property
     def schema(self) -> T.StructType:
@@ -124,7 +127,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("neighbour_id", LONG),
                   Column("score", FLOAT, "cosine similarity; identical image bytes score 1.0"),
                   *FEATURE_SETTINGS, *INPUT_SIZE,
-              )),
+              ), rows_per_product=5),
     TableSpec("duplicates", "Distinct product pairs at least `neighbours.duplicate_threshold` "
                             "similar, among each product's top k.",
               "duplicates", ("product_id", "other_id"), (
@@ -166,11 +169,14 @@ class Catalog:
     write of the same table use, so that a step computes from one snapshot and its commit
     fails (`tables.WriteConflict`) rather than overwrite another job's newer version."""
 
-    def __init__(self, spark: SparkSession, warehouse: str, run_id: str | None = None):
+    def __init__(self, spark: SparkSession, warehouse: str, run_id: str | None = None,
+                 products_per_file: int = 1000):
         self.spark = spark
         self.warehouse = warehouse
         self.run_id = run_id  # recorded with every commit, to find the run that wrote it
+        self.products_per_file = products_per_file
         self._pinned: dict[str, tuple[int, int]] = {}  # name -> (latest, visible) versions
+        self.written: dict[str, Written] = {}  # what this catalogue's writes did, by table
 
     def path(self, name: str) -> str:
         return str(Path(self.warehouse) / table_spec(name).name)
@@ -187,6 +193,15 @@ class Catalog:
         """The version a read sees (see `_visible_version`)."""
         return self._versions(name)[1]
 
+    def pending(self, name: str) -> bool:
+        """The table has a newer version than readers see: an interrupted batch."""
+        latest, visible = self._versions(name)
+        return latest != visible
+
+    def readable(self, name: str, version: int) -> bool:
+        """Version `version` of the table can be read: in the log, its files not vacuumed."""
+        return tables.version_readable(self.path(name), version)
+
     def history(self, name: str) -> list[dict]:
         return tables.table_history(self.path(name))
 
@@ -197,30 +212,89 @@ class Catalog:
         return tables.read_table(self.spark, self.path(name),
                                  self.version(name) if version is None else version)
 
+    def read_latest(self, name: str) -> DataFrame:
+        """The newest version, complete or not: what a merge into the table applies to, so a
+        step that completes an interrupted batch computes its changes against it."""
+        return tables.read_table(self.spark, self.path(name), self._versions(name)[0])
+
     def write(self, name: str, df: DataFrame, mode: str = "overwrite",
               metadata: dict[str, str] | None = None) -> int:
         """Write `df` as the table's new content (or extra rows); returns the version."""
         spec = table_spec(name)
-        meta = {"lookbook.job": spec.written_by, **(metadata or {})}
-        if self.run_id:
-            meta["lookbook.run_id"] = self.run_id
-        path = self.path(name)
-        read_version = self._pinned[name][0] if name in self._pinned else None
-        version = tables.write_table(conform(df, spec), path, mode=mode, metadata=meta,
-                                     keys=spec.keys, read_version=read_version)
-        self._pinned[name] = (version, version)
-        return version
+        written = tables.write_table(conform(df, spec), self.path(name), mode=mode,
+                                     metadata=self._metadata(spec, metadata), keys=spec.keys,
+                                     read_version=self._read_version(name),
+                                     **self._layout(spec))
+        return self._wrote(name, written)
+
+    def merge(self, name: str, upserts: DataFrame, removed: DataFrame | None = None,
+              match_on: tuple[str, ...] | None = None,
+              metadata: dict[str, str] | None = None) -> Written:
+        """Replace the rows matching `upserts` or `removed` on `match_on` (default: the
+        table's keys) by `upserts`, rewriting only the files that hold them. Commits nothing
+        when nothing matches and there is nothing to add (`.version` is None)."""
+        spec = table_spec(name)
+        written = tables.merge_table(conform(upserts, spec), removed, self.path(name),
+                                     match_on or spec.keys, self._metadata(spec, metadata),
+                                     spec.keys, self._read_version(name), **self._layout(spec))
+        if written.version is not None:
+            self._wrote(name, written)
+        else:
+            self.written[name] = written
+        return written
+
+    def merge_together(self, changes: dict[str, tuple], metadata: dict[str, str] | None = None
+                       ) -> dict[str, Written]:
+        """`merge` tables declared `written_with` each other as one batch: `changes` maps
+        each to (upserts, removed, match_on). When one of them changes, the others commit
+        the batch too (with no data change), so readers see both or neither; when none
+        changes, nothing is committed."""
+        self._check_pairs(changes)
+        batch = {BATCH: uuid.uuid4().hex, **(metadata or {})}
+        done = {name: self.merge(name, *change, metadata=batch) for name, change in changes.items()}
+        # A batch an interrupted run left incomplete is completed even when nothing changed.
+        if any(w.version is not None or self.pending(n) for n, w in done.items()):
+            for name, written in done.items():
+                if written.version is None:
+                    meta = self._metadata(table_spec(name), {**batch, "lookbook.no_change": "true"})
+                    version = tables.commit_no_change(self.path(name), meta,
+                                                      self._read_version(name))
+                    done[name] = Written(version, files_kept=written.files_kept)
+                    self._wrote(name, done[name])
+        return done
 
     def write_together(self, frames: dict[str, DataFrame],
                        metadata: dict[str, str] | None = None) -> dict[str, int]:
         """Overwrite tables declared `written_with` each other as one batch: until the last
         of them is committed, readers keep seeing the previous batch of every one."""
-        for name in frames:
-            partner = table_spec(name).written_with
-            if partner not in frames:
-                raise ValueError(f"{name} is written together with {partner}: pass both")
+        self._check_pairs(frames)
         batch = {BATCH: uuid.uuid4().hex, **(metadata or {})}
         return {name: self.write(name, df, metadata=batch) for name, df in frames.items()}
+
+    @staticmethod
+    def _check_pairs(names) -> None:
+        for name in names:
+            partner = table_spec(name).written_with
+            if partner not in names:
+                raise ValueError(f"{name} is written together with {partner}: pass both")
+
+    def _metadata(self, spec: TableSpec, metadata: dict[str, str] | None) -> dict[str, str]:
+        meta = {"lookbook.job": spec.written_by, **(metadata or {})}
+        if self.run_id:
+            meta["lookbook.run_id"] = self.run_id
+        return meta
+
+    def _layout(self, spec: TableSpec) -> dict:
+        return {"cluster_by": CLUSTER_BY,
+                "rows_per_file": self.products_per_file * spec.rows_per_product}
+
+    def _read_version(self, name: str) -> int | None:
+        return self._pinned[name][0] if name in self._pinned else None
+
+    def _wrote(self, name: str, written: Written) -> int:
+        self.written[name] = written
+        self._pinned[name] = (written.version, written.version)
+        return written.version
 
     def _visible_version(self, name: str, latest: int) -> int:
         """The newest version whose batch is complete: a version committed by

@@ -29,15 +29,17 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -61,6 +63,20 @@ def table_exists(path: str) -> bool:
 
 def table_version(path: str) -> int:
     return DeltaTable(_uri(path)).version()
+
+
+def version_readable(path: str, version: int) -> bool:
+    """The log still has `version` and none of its files was vacuumed."""
+    uri = _uri(path)
+    try:
+        files = _snapshot_files(uri, version)
+    except Exception:  # delta-rs: version not found / log cleaned up
+        return False
+    if not files:
+        return True
+    fs, _ = pafs.FileSystem.from_uri(files[0].uri)
+    infos = fs.get_file_info([pafs.FileSystem.from_uri(f.uri)[1] for f in files])
+    return all(i.type == pafs.FileType.File for i in infos)
 
 
 def table_history(path: str) -> list[dict[str, Any]]:
@@ -88,23 +104,107 @@ class WriteConflict(RuntimeError):
         self.path, self.read_version, self.now = path, read_version, now
 
 
+@dataclass(frozen=True)
+class Written:
+    """What one commit did to a table's files."""
+    version: int | None  # None: nothing to commit (the table already held the content)
+    files_added: int = 0
+    files_removed: int = 0
+    files_kept: int = 0
+    bytes_written: int = 0
+    rows_added: int = 0  # rows in the files added (rewritten ones' survivors included)
+    rows_removed: int = 0  # rows in the files removed
+
+
 def write_table(df: DataFrame, path: str, mode: str = "overwrite",
                 metadata: dict[str, str] | None = None, keys: tuple[str, ...] = (),
-                read_version: int | None = None) -> int:
+                read_version: int | None = None, cluster_by: tuple[str, ...] = (),
+                rows_per_file: int = 0) -> Written:
     """Write `df` as the new content (overwrite) or extra rows (append) of the Delta table at
     `path`, atomically, against `read_version` (default: the version when the write starts).
     With `keys`, the table's rows after the write must be unique on them, or nothing is
-    committed. Returns the version this write committed."""
+    committed. With `cluster_by`, files hold ranges of those columns, `rows_per_file` rows at
+    most, so that a later `merge_table` of a few keys rewrites few files."""
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {WRITE_MODES}, not {mode!r}")
     spark = df.sparkSession
     if table_engine(spark) == "delta-spark":
         check_unique(_with_existing(spark, df, path, mode, keys, None), keys, path)
         df.write.format("delta").mode(mode).option("overwriteSchema", mode == "overwrite").save(path)
-        return spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"]
-
+        version = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"]
+        return Written(version)
     uri = _uri(path)
     base = read_version if read_version is not None else _current_version(uri)
+
+    def check(staged: DataFrame, schema: Schema) -> None:
+        if mode == "append" and base is not None:
+            check_same_schema(schema, DeltaTable(uri, version=base).schema(), path)
+        check_unique(_with_existing(spark, staged, path, mode, keys, base), keys, path)
+
+    removed = ([] if mode == "append" or base is None
+               else _snapshot_files(uri, base))
+    return _stage_and_commit(clustered(df, cluster_by, rows_per_file), path, base,
+                             "append" if mode == "append" else "overwrite", removed, check,
+                             metadata or {}, len(removed))
+
+
+def merge_table(upserts: DataFrame, removed: DataFrame | None, path: str,
+                match_on: tuple[str, ...], metadata: dict[str, str] | None = None,
+                keys: tuple[str, ...] = (), read_version: int | None = None,
+                cluster_by: tuple[str, ...] = (), rows_per_file: int = 0) -> Written:
+    """Replace rows by key, rewriting only the files that hold them: every row of the table
+    whose `match_on` columns equal those of a row of `upserts` or of `removed` (null-safe) is
+    removed, and `upserts` are added, in one commit against `read_version`. Files holding no
+    such row are kept as they are. Nothing is committed (`Written(None)`) when no row is
+    removed or added. With `keys`, the upserts must be unique on them (the table then is)."""
+    spark = upserts.sparkSession
+    uri = _uri(path)
+    if table_engine(spark) == "delta-spark" or not DeltaTable.is_deltatable(uri):
+        # No file-level merge here: the whole new content, written once.
+        base = read_version if read_version is not None else _current_version(uri)
+        current = (anti_join(read_table(spark, path, base), _matches(upserts, removed, match_on),
+                             match_on) if base is not None else None)
+        content = upserts if current is None else current.unionByName(upserts)
+        return write_table(content, path, "overwrite", metadata, keys, base, cluster_by,
+                           rows_per_file)
+    base = read_version if read_version is not None else _current_version(uri)
+    gone = _matches(upserts, removed, match_on).persist()
+    try:
+        files = _snapshot_files(uri, base)
+        touched = _files_holding(spark, files, gone, match_on)
+        survivors = (anti_join(spark.read.parquet(*[f.uri for f in touched]), gone, match_on)
+                     if touched else None)
+        content = upserts if survivors is None else survivors.unionByName(upserts)
+        if not touched and upserts.isEmpty():
+            return Written(None, files_kept=len(files))
+
+        def check(staged: DataFrame, schema: Schema) -> None:
+            check_same_schema(schema, DeltaTable(uri, version=base).schema(), path)
+            check_unique(upserts, keys, path)
+
+        return _stage_and_commit(clustered(content, cluster_by, rows_per_file), path, base,
+                                 "append", touched, check, metadata or {}, len(files))
+    finally:
+        gone.unpersist()
+
+
+def commit_no_change(path: str, metadata: dict[str, str], read_version: int | None) -> int:
+    """A version with the same files as `read_version` and `metadata`: how a table joins a
+    batch in which only its partner changed."""
+    uri = _uri(path)
+    base = read_version if read_version is not None else _current_version(uri)
+    _commit(uri, path, base, [], [], "append", DeltaTable(uri, version=base).schema(), metadata)
+    return base + 1
+
+
+def _stage_and_commit(df: DataFrame, path: str, base: int | None, mode: str,
+                      removed: list[SnapshotFile], check, metadata: dict[str, str],
+                      files_before: int) -> Written:
+    """Spark writes `df` into a fresh folder of the table; `check(staged, schema)` vets it;
+    one commit adds those files and removes `removed`. After any failure, the staged folder
+    is deleted unless the log shows the commit happened."""
+    spark = df.sparkSession
+    uri = _uri(path)
     write_id = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = f"{uri.rstrip('/')}/{write_id}"
     fs, staging_path = pafs.FileSystem.from_uri(staging)
@@ -116,14 +216,13 @@ def write_table(df: DataFrame, path: str, mode: str = "overwrite",
             raise RuntimeError(f"Spark wrote no Parquet files to {staging}")
         crash_point("tables.staged", table)
         schema = Schema.from_arrow(pq.read_schema(files[0].path, filesystem=fs))
-        if mode == "append" and base is not None:
-            check_same_schema(schema, DeltaTable(uri, version=base).schema(), path)
         # Checked on the staged files: reading back key columns is cheaper than computing
         # `df` twice.
-        staged = spark.read.parquet(staging) if keys else df
-        check_unique(_with_existing(spark, staged, path, mode, keys, base), keys, path)
-        actions = [_add_action(fs, f, f"{write_id}/{Path(f.path).name}") for f in files]
-        _commit(uri, path, base, actions, mode, schema, metadata or {})
+        check(spark.read.parquet(staging), schema)
+        added = [_add_action(fs, f, f"{write_id}/{Path(f.path).name}") for f in files]
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(f.path, True, now, f.size) for f in removed]
+        _commit(uri, path, base, added, removes, mode, schema, metadata)
         crash_point("tables.committed", table)
     except BaseException as exc:
         committed = _version_referencing(fs, uri, write_id, base)
@@ -136,21 +235,99 @@ def write_table(df: DataFrame, path: str, mode: str = "overwrite",
         # Only a post-commit step (a checkpoint, say) failed: the version is durable.
         log.warning("%s: version %d is committed, but a step after the commit failed: %s",
                     path, committed, exc)
-        return committed
-    return 0 if base is None else base + 1
+        return Written(committed)
+    return Written(0 if base is None else base + 1, files_added=len(added),
+                   files_removed=len(removed), files_kept=files_before - len(removed),
+                   bytes_written=sum(a.size for a in added),
+                   rows_added=sum(json.loads(a.stats)["numRecords"] for a in added),
+                   rows_removed=sum(f.rows for f in removed))
 
 
-def _commit(uri: str, path: str, base: int | None, actions: list[AddAction], mode: str,
-            schema: Schema, metadata: dict[str, str]) -> None:
-    """Commit exactly on top of `base` (no retry onto a newer version), or WriteConflict."""
+@dataclass(frozen=True)
+class SnapshotFile:
+    path: str  # relative to the table, as the log names it
+    uri: str  # what Spark reads
+    size: int
+    rows: int
+
+
+def _snapshot_files(uri: str, version: int | None) -> list[SnapshotFile]:
+    if version is None:
+        return []
+    table = DeltaTable(uri, version=version)
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    root = uri.rstrip("/")
+    return [SnapshotFile(p, f"{root}/{p}", size, rows or 0) for p, size, rows in
+            zip(actions["path"], actions["size_bytes"], actions["num_records"])]
+
+
+def _matches(upserts: DataFrame, removed: DataFrame | None,
+             match_on: tuple[str, ...]) -> DataFrame:
+    keys = upserts.select(*match_on)
+    if removed is not None:
+        keys = keys.unionByName(removed.select(*match_on))
+    return keys.distinct()
+
+
+def _files_holding(spark: SparkSession, files: list[SnapshotFile], keys: DataFrame,
+                   match_on: tuple[str, ...]) -> list[SnapshotFile]:
+    """The files holding a row that matches `keys`: only the key columns are read."""
+    if not files:
+        return []
+    located = (spark.read.parquet(*[f.uri for f in files])
+               .select(*match_on, F.col("_metadata.file_path").alias("_file")))
+    holding = {unquote(r[0]) for r in
+               semi_join(located, keys, match_on).select("_file").distinct().collect()}
+    return [f for f in files if any(h.endswith("/" + f.path) for h in holding)]
+
+
+def _null_safe(left: DataFrame, right: DataFrame, columns: tuple[str, ...]):
+    renamed = right.select(*[F.col(c).alias(f"_m_{c}") for c in columns])
+    condition = None
+    for c in columns:
+        term = left[c].eqNullSafe(renamed[f"_m_{c}"])
+        condition = term if condition is None else condition & term
+    return renamed, condition
+
+
+def anti_join(left: DataFrame, right: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    """Rows of `left` whose `columns` match no row of `right` (nulls match nulls)."""
+    renamed, condition = _null_safe(left, right, columns)
+    return left.join(renamed, condition, "left_anti")
+
+
+def semi_join(left: DataFrame, right: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    """Rows of `left` whose `columns` match a row of `right` (nulls match nulls)."""
+    renamed, condition = _null_safe(left, right, columns)
+    return left.join(renamed, condition, "left_semi")
+
+
+def clustered(df: DataFrame, cluster_by: tuple[str, ...], rows_per_file: int) -> DataFrame:
+    """`df` laid out in files of consecutive `cluster_by` ranges, sorted within, at most
+    `rows_per_file` rows each: a change to a few keys then touches few files."""
+    if not cluster_by or rows_per_file <= 0:
+        return df
+    n = df.count()
+    files = max(1, -(-n // rows_per_file))
+    return df.repartitionByRange(files, *cluster_by).sortWithinPartitions(*cluster_by)
+
+
+def _commit(uri: str, path: str, base: int | None, added: list[AddAction],
+            removed: list[RemoveAction], mode: str, schema: Schema,
+            metadata: dict[str, str]) -> None:
+    """Commit exactly on top of `base` (no retry onto a newer version), or WriteConflict.
+    An overwrite removes every file of `base`; an append removes `removed`."""
     props = CommitProperties(custom_metadata=metadata, max_commit_retries=0)
     try:
         if base is None:
-            create_table_with_add_actions(uri, schema, actions, mode="error",
+            create_table_with_add_actions(uri, schema, added, mode="error",
                                           commit_properties=props)
+        elif mode == "overwrite":
+            DeltaTable(uri, version=base).create_write_transaction(
+                added, mode="overwrite", schema=schema, commit_properties=props)
         else:
             DeltaTable(uri, version=base).create_write_transaction(
-                actions, mode=mode, schema=schema, commit_properties=props)
+                [*added, *removed], mode="append", schema=schema, commit_properties=props)
     except (CommitFailedError, DeltaError):
         now = _current_version(uri)
         if now is not None and (base is None or now > base):

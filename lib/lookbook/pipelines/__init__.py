@@ -20,12 +20,20 @@ __all__ = ["PIPELINES", "STEPS", "Step", "StepResult", "pipeline_steps"]
 PIPELINES: dict[str, list[str]] = {
     "full": ["ingest", "featurize", "report", "train", "evaluate", "predict", "neighbours",
              "evaluate_neighbours", "duplicates"],
+    # The nightly job (`./spark-submit.sh refresh`): every step computes only what changed
+    # since the tables were last written, and commits nothing when nothing did.
+    "refresh": ["ingest", "featurize", "predict", "neighbours", "duplicates"],
 }
+RETRAIN_STEPS = ["train", "evaluate"]  # inserted before predict with refresh.retrain=true
 
 
-def pipeline_steps(name: str) -> list[str]:
+def pipeline_steps(name: str, retrain: bool = False) -> list[str]:
     try:
-        return PIPELINES[name]
+        steps = PIPELINES[name]
+        if name == "refresh" and retrain:
+            at = steps.index("predict")
+            steps = steps[:at] + RETRAIN_STEPS + steps[at:]
+        return steps
     except KeyError:
         raise ValueError(f"no pipeline {name!r}; pipelines: "
                          + "; ".join(f"{n} ({', '.join(s)})" for n, s in PIPELINES.items())) from None

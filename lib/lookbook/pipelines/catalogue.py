@@ -7,32 +7,59 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..io.ingest import format_summary, ingest_catalogue
+from ..io.ingest import catalogue_changes, format_summary, ingest_catalogue
 from ..reports.catalogue import class_counts, plot_class_balance, plot_samples, sample_per_class
 from ..reports.html import write_html
-from .base import StepResult, catalog, step
+from .base import StepResult, catalog, step, written_metrics, written_summary
 
 
 @step("ingest")
 def ingest(spark: SparkSession, cfg: Config) -> StepResult:
+    """The catalogue folder into `products` and `rejects`. Once the tables exist, only new
+    and changed images are decoded, and only the files holding changed rows are rewritten."""
     tables = catalog(spark, cfg)
+    previous = tables.read_latest("products") if tables.exists("products") else None
+    known = previous.select("product_id", "sha256", "format", "mode", "width", "height") \
+        if previous is not None else None
     result = ingest_catalogue(
         spark, cfg.data_dir,
         max_image_pixels=cfg.ingest.max_image_pixels,
         max_file_bytes=cfg.ingest.max_file_bytes,
         sample_fraction=cfg.ingest.sample_fraction,
-        target_file_bytes=cfg.spark.target_file_bytes)
+        target_file_bytes=cfg.spark.target_file_bytes,
+        known=known)
     meta = {"lookbook.data_dir": str(Path(cfg.data_dir).resolve())}
-    outputs = tables.write_together({"products": result.products, "rejects": result.rejects},
-                                    metadata=meta)
+    if previous is None or not tables.exists("rejects"):
+        outputs = tables.write_together({"products": result.products,
+                                         "rejects": result.rejects}, metadata=meta)
+        counts = {"new": result.ingested}
+    else:
+        changes = catalogue_changes(result.products, previous).persist()
+        counts = {k: v for k, v in sorted(
+            (r["change"], r["count"]) for r in changes.groupBy("change").count().collect())}
+        upserts = result.products.join(changes.where("change != 'deleted'"), "product_id",
+                                       "left_semi")
+        deleted = changes.where("change = 'deleted'").select("product_id")
+        old_rejects = tables.read_latest("rejects")
+        everything = tuple(old_rejects.columns)
+        written = tables.merge_together({
+            "products": (upserts, deleted, None),
+            "rejects": (result.rejects.exceptAll(old_rejects),
+                        old_rejects.exceptAll(result.rejects), everything),
+        }, metadata=meta)
+        changes.unpersist()
+        outputs = {n: w.version for n, w in written.items() if w.version is not None}
     result.release()
     n_rejects = sum(result.rejects_by_reason.values())
+    changed = ", ".join(f"{n:,} {c}" for c, n in counts.items()) or "no change: nothing committed"
     return StepResult(
-        f"{result.ingested:,} products, {n_rejects:,} rejects",
-        details=format_summary(result),
+        f"{result.ingested:,} products, {n_rejects:,} rejects; {changed}",
+        details=format_summary(result) + "\n" + written_summary(tables.written),
         params={"catalogue": str(Path(cfg.data_dir).resolve())},  # data_dir may be relative
         metrics={"styles_rows": result.styles_rows, "image_files": result.image_files,
                  "blank_lines": result.blank_lines, "unaccounted": result.unaccounted,
+                 "decoded": result.decoded,
+                 **{f"changes.{c}": n for c, n in counts.items()}, **written_metrics(tables.written),
                  "products": result.ingested, "rejects": n_rejects,
                  **{f"products.{cls}": n for cls, n in result.per_class.items()},
                  **{f"rejects.{reason}": n for reason, n in result.rejects_by_reason.items()}},

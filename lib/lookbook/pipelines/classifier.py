@@ -17,6 +17,7 @@ from .. import tracking
 from ..config import Config
 from ..features.featurize import FeatureModelSpec, driver_feature_model, settings_match
 from ..io.catalog import Catalog
+from ..io.ingest import catalogue_changes
 from ..models import classifier as clf
 from ..models.feed import Feed
 from ..models.metrics import classification_metrics, metrics_table
@@ -24,7 +25,16 @@ from ..models.split import PARTS
 from ..models.store import MODEL_FILE, TrainedClassifier, find_model, new_run_id, save_classifier
 from ..reports.classifier import plot_confusion, plot_misclassified, plot_training_curves
 from ..reports.html import write_html
-from .base import ModelToLog, StepResult, catalog, step
+from .base import (
+    ModelToLog,
+    StepResult,
+    catalog,
+    input_versions,
+    recorded_inputs,
+    step,
+    written_metrics,
+    written_summary,
+)
 from .features import feature_spec, spec_params
 
 log = logging.getLogger(__name__)
@@ -188,27 +198,64 @@ def evaluate(spark: SparkSession, cfg: Config) -> StepResult:
 
 @step("predict")
 def predict(spark: SparkSession, cfg: Config) -> StepResult:
+    """Every product's prediction. When the table holds this model's predictions of an
+    earlier products version, only new and changed images are classified."""
     tables = catalog(spark, cfg)
     trained = find_model(cfg.models_dir, cfg.model.run_id)
     products = with_model_split(tables.read("products"), trained)
-    n = products.count()
+    meta = {"lookbook.model": trained.run_id, **input_versions(tables, "products")}
+    since = incremental_since(tables, trained.run_id)
+    if since is None:
+        todo, deleted = products, None
+    else:
+        changes = catalogue_changes(tables.read("products"),
+                                    tables.read("products", version=since)).persist()
+        todo = products.join(changes.where("change in ('new', 'image')"), "product_id",
+                             "left_semi")
+        deleted = changes.where("change = 'deleted'").select("product_id")
+    n = todo.count()
     partitions = max(spark.sparkContext.defaultParallelism,
                      -(-n // cfg.featurize.rows_per_partition))
     classified = clf.classify_images(
-        products.select("product_id", "split", "image").repartition(partitions), trained,
+        todo.select("product_id", "split", "image").repartition(partitions), trained,
         cfg.model.batch_size, cfg.tensorflow.intra_op_threads).persist()
-    meta = {"lookbook.model": trained.run_id}
     good = classified.where(F.col("error").isNull())
     predictions = good.select("product_id", "predicted", "probability", "probabilities",
                               "split", F.lit(trained.run_id).alias("run_id"))
     failures = classified.where(F.col("error").isNotNull()).select(
         "product_id", F.lit("predict").alias("source"), F.col("error").alias("reason"),
         F.lit(trained.run_id).alias("detail"))
-    outputs = tables.write_together({"predictions": predictions, "prediction_rejects": failures},
-                                    metadata=meta)
+    if since is None:
+        outputs = tables.write_together({"predictions": predictions,
+                                         "prediction_rejects": failures}, metadata=meta)
+    else:
+        gone = todo.select("product_id").unionByName(deleted)
+        written = tables.merge_together({"predictions": (predictions, gone, None),
+                                         "prediction_rejects": (failures, gone, ("product_id",))},
+                                        metadata=meta)
+        outputs = {name: w.version for name, w in written.items() if w.version is not None}
+        changes.unpersist()
     n_good = good.count()
     n_failed = classified.count() - n_good
     classified.unpersist()
-    return StepResult(f"{n_good:,} predicted with {trained.run_id}, {n_failed:,} failed",
+    how = "every product" if since is None else f"new and changed since products version {since}"
+    return StepResult(f"{n_good:,} predicted with {trained.run_id} ({how}), {n_failed:,} failed"
+                      + ("" if outputs else "; nothing committed"),
+                      details=written_summary(tables.written),
                       params={"model": trained.run_id},
-                      metrics={"predicted": n_good, "failed": n_failed}, outputs=outputs)
+                      metrics={"predicted": n_good, "failed": n_failed,
+                               "incremental": int(since is not None),
+                               **written_metrics(tables.written)},
+                      outputs=outputs)
+
+
+def incremental_since(tables: Catalog, model: str) -> int | None:
+    """The products version the predictions table was computed from, when it holds `model`'s
+    predictions and that version can still be read; None: predict every product."""
+    recorded = recorded_inputs(tables, "predictions")
+    since = recorded.get("lookbook.input.products")
+    if (since is None or recorded.get("lookbook.model") != model
+            or not tables.exists("prediction_rejects")
+            or not tables.readable("products", int(since))):
+        return None
+    return int(since)

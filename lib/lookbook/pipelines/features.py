@@ -13,11 +13,11 @@ from ..features.featurize import (
     featurize_products,
     plan_featurize,
     prepare_model,
-    rows_of_settings,
     settings_match,
+    with_setting_columns,
 )
-from ..io.catalog import Catalog
-from .base import StepResult, catalog, step
+from ..io.catalog import Catalog, table_spec
+from .base import StepResult, catalog, step, written_metrics, written_summary
 
 
 def feature_spec(spark: SparkSession, cfg: Config) -> FeatureModelSpec:
@@ -41,42 +41,61 @@ def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str) -> 
 
 @step("featurize")
 def featurize(spark: SparkSession, cfg: Config) -> StepResult:
+    """Features for every product that has none with these settings for its current image;
+    rows of gone products and changed images leave. Only files holding changed rows are
+    rewritten."""
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
-    existing = tables.read("features") if tables.exists("features") else None
+    existing = tables.read_latest("features") if tables.exists("features") else None
     products = tables.read("products")
     todo, keep = plan_featurize(products, existing, spec)
     kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
-    # Rows of these settings not kept (product gone, image changed, vector unusable) must go
-    # even when nothing new is computed.
-    n_stale = rows_of_settings(existing, spec).count() - kept if existing is not None else 0
+    keys = list(table_spec("features").keys)
+    stale = (with_setting_columns(existing).select(*keys).exceptAll(keep.select(*keys)).persist()
+             if existing is not None else None)
+    n_stale = stale.count() if stale is not None else 0
     started = time.time()
     new = featurize_products(todo, spec, cfg.featurize.rows_per_partition).persist()
     n_new = new.count()
     seconds = time.time() - started
     n_failed = new.filter(F.col("error").isNotNull()).count()
-    outputs = {}
-    if n_new or n_stale:
-        meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
-        good = new.filter(F.col("error").isNull()).drop("error")
-        features = good if keep is None else keep.unionByName(good)
-        detail = " ".join(str(v) for v in spec.settings().values())
-        failures = new.filter(F.col("error").isNotNull()).select(
-            "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
-            F.lit(detail).alias("detail"))
-        if tables.exists("feature_rejects"):  # other settings' rejects stay, as their rows do
-            failures = tables.read("feature_rejects").where(
-                ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
-        outputs = tables.write_together({"features": features, "feature_rejects": failures},
+    detail = " ".join(str(v) for v in spec.settings().values())
+    failures = new.filter(F.col("error").isNotNull()).select(
+        "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
+        F.lit(detail).alias("detail"))
+    good = new.filter(F.col("error").isNull()).drop("error")
+    meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
+    if existing is None or not tables.exists("feature_rejects"):
+        outputs = tables.write_together({"features": good, "feature_rejects": failures},
                                         metadata=meta)
+    else:
+        # Failures are tried again on every run: this settings' rejects are replaced whole,
+        # when they differ.
+        same_failures = same_rows(failures, tables.read_latest("feature_rejects")
+                                  .where(F.col("detail") == detail))
+        rejects = ((failures.limit(0), None, ("detail",)) if same_failures else
+                   (failures, spark.createDataFrame([(detail,)], "detail string"), ("detail",)))
+        written = tables.merge_together({"features": (good, stale, None),
+                                         "feature_rejects": rejects}, metadata=meta)
+        outputs = {n: w.version for n, w in written.items() if w.version is not None}
     new.unpersist()
+    if stale is not None:
+        stale.unpersist()
     computed = n_new - n_failed
     return StepResult(
         f"{computed:,} computed, {kept:,} already done, {n_failed:,} failed"
-        + (f", {n_stale:,} stale dropped" if n_stale else ""),
+        + (f", {n_stale:,} stale dropped" if n_stale else "")
+        + ("" if outputs else "; nothing committed"),
         details=(f"{spec.backbone} ({spec.layers}) {spec.height}x{spec.width} {spec.precision}, "
-                 f"weights: {spec.weights}, preprocessing: {spec.preprocessing}"),
+                 f"weights: {spec.weights}, preprocessing: {spec.preprocessing}\n"
+                 + written_summary(tables.written)),
         params=spec_params(spec),
         metrics={"computed": computed, "reused": kept, "failed": n_failed, "stale": n_stale,
-                 "images_per_second": n_new / seconds if n_new and seconds else 0.0},
+                 "images_per_second": n_new / seconds if n_new and seconds else 0.0,
+                 **written_metrics(tables.written)},
         outputs=outputs)
+
+
+def same_rows(a: DataFrame, b: DataFrame) -> bool:
+    """The two frames hold the same rows (as multisets)."""
+    return a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()

@@ -13,6 +13,7 @@ from ..tracking import Tracker
 from . import STEPS, StepResult, pipeline_steps
 
 PIPELINE_JOB = "pipeline"
+REFRESH_JOB = "refresh"  # `pipeline name=refresh`, the nightly job, under its own name
 
 
 @dataclass
@@ -24,12 +25,18 @@ class StepRun:
 
 
 def job_names() -> list[str]:
-    return sorted([*STEPS, PIPELINE_JOB])
+    return sorted([*STEPS, PIPELINE_JOB, REFRESH_JOB])
+
+
+def pipeline_name(job: str, cfg: Config) -> str | None:
+    """The named pipeline a job runs, or None for a single step."""
+    return {PIPELINE_JOB: cfg.pipeline.name, REFRESH_JOB: REFRESH_JOB}.get(job)
 
 
 def job_steps(job: str, cfg: Config) -> list[str]:
-    if job == PIPELINE_JOB:
-        return pipeline_steps(cfg.pipeline.name)
+    name = pipeline_name(job, cfg)
+    if name is not None:
+        return pipeline_steps(name, cfg.refresh.retrain)
     if job not in STEPS:
         raise ValueError(f"no job {job!r}; jobs: {', '.join(job_names())}")
     return [job]
@@ -42,15 +49,15 @@ def run_job_steps(spark: SparkSession, cfg: Config, job: str,
     steps = job_steps(job, cfg)
     tracker = Tracker(cfg)
     done: list[StepRun] = []
-    if job != PIPELINE_JOB:
+    pipeline = pipeline_name(job, cfg)
+    if pipeline is None:
         with tracker.run(job, tags={"lookbook.job": job}) as run_id:
             done.append(_run_step(spark, cfg, tracker, job, run_id, 1, 1, progress))
         return done, run_id
-    name = f"{PIPELINE_JOB}:{cfg.pipeline.name}"
-    with tracker.run(name, tags={"lookbook.job": PIPELINE_JOB,
-                                 "lookbook.pipeline": cfg.pipeline.name}) as parent_id:
+    name = f"{PIPELINE_JOB}:{pipeline}"
+    with tracker.run(name, tags={"lookbook.job": job, "lookbook.pipeline": pipeline}) as parent_id:
         for i, step in enumerate(steps, 1):
-            with tracker.run(step, nested=True, tags={"lookbook.pipeline": cfg.pipeline.name}) \
+            with tracker.run(step, nested=True, tags={"lookbook.pipeline": pipeline}) \
                     as run_id:
                 done.append(_run_step(spark, cfg, tracker, step, run_id, i, len(steps), progress))
         tracker.record_pipeline([(d.name, d.seconds, d.result.summary) for d in done])

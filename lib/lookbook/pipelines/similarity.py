@@ -3,6 +3,7 @@ and query by photo or by product."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,33 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..features.featurize import driver_feature_model, embed_batch, usable_embedding
+from ..features.featurize import (
+    driver_feature_model,
+    embed_batch,
+    settings_match,
+    usable_embedding,
+)
 from ..io.images import read_image_file
 from ..reports.gallery import gallery_queries, gallery_rows, plot_gallery
 from ..reports.html import write_html
-from ..similarity.knn import nearest_neighbours
+from ..similarity.knn import (
+    changed_lists,
+    input_changes,
+    lists_to_recompute,
+    nearest_neighbours,
+    patched_lists,
+)
 from ..similarity.query import most_similar
 from ..similarity.relevance import relevance_metrics
-from .base import StepResult, catalog, step
+from .base import (
+    StepResult,
+    catalog,
+    input_versions,
+    recorded_inputs,
+    step,
+    written_metrics,
+    written_summary,
+)
 from .features import current_features, feature_spec, spec_params
 
 # Which features a neighbours row came from.
@@ -27,41 +47,152 @@ SOURCE_COLUMNS = ["backbone", "layers", "weights", "height", "width", "precision
 
 @step("neighbours")
 def neighbours(spark: SparkSession, cfg: Config) -> StepResult:
+    """Every product's exact top-k. When the table was computed with these settings from
+    versions of products and features that can still be read, only what changed since is
+    computed (`update_neighbours`); otherwise everything."""
     n = cfg.neighbours
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
     found = current_features(tables, spec, *n.same)
     # Defence against tables written before featurize rejected them: one NaN vector would
     # make a whole block's scores NaN, an all-zero one has no direction.
-    features = found.filter(usable_embedding()).persist()
+    features = found.filter(usable_embedding()).select(
+        "product_id", "embedding", "sha256", *n.same).persist()
     count = features.count()
     unusable = found.count() - count
     if not count:
         raise RuntimeError(f"no usable features with the settings {spec.settings()}: run "
                            f"featurize with the same featurize.* config first")
+    meta = {"lookbook.k": str(n.k), "lookbook.same": ",".join(n.same),
+            "lookbook.exclude_same_image": str(n.exclude_same_image),
+            **{f"lookbook.{k}": str(v) for k, v in spec.settings().items()},
+            **input_versions(tables, "products", "features")}
+    since = neighbours_since(tables, meta)
     started = time.time()
-    result, path = nearest_neighbours(
-        features.select("product_id", "embedding", "sha256", *n.same), n.k, n.block_rows,
-        n.broadcast_max_bytes, n.same, n.exclude_same_image)
+    if since is None:
+        result, path = nearest_neighbours(features, n.k, n.block_rows, n.broadcast_max_bytes,
+                                          n.same, n.exclude_same_image)
+        table = with_sources(result, spec)
+        version = tables.write("neighbours", table, metadata={**meta, "lookbook.path": path})
+        counts = {"products": count}
+    else:
+        before = neighbour_inputs(tables, spec, n.same, since)
+        update = update_neighbours(tables.read("neighbours"), features, before, cfg)
+        path, counts = update.path, update.counts
+        written = tables.merge("neighbours", with_sources(update.rows, spec), update.removed,
+                               ("product_id",), {**meta, "lookbook.path": path})
+        version = written.version
+        update.release()
+        result = None
     seconds = time.time() - started
-    table = result
-    for name in SOURCE_COLUMNS:
-        table = table.withColumn(name, F.lit(spec.settings()[name]))
-    meta = {"lookbook.path": path, "lookbook.k": str(n.k), "lookbook.same": ",".join(n.same),
-            **{f"lookbook.{k}": str(v) for k, v in spec.settings().items()}}
-    version = tables.write("neighbours", table, metadata=meta)
-    rows = result.count()
-    result.unpersist()
+    rows = tables.read("neighbours").count()
+    if result is not None:
+        result.unpersist()
     features.unpersist()
     skipped = (f"; {unusable:,} skipped: features not finite (NaN/inf) or all zeros, "
                f"run featurize again to recompute them" if unusable else "")
+    what = (f"{count:,} products x top-{n.k}" if since is None else
+            ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+    committed = "" if version is not None else "; nothing committed"
     return StepResult(
-        f"{count:,} products x top-{n.k} ({path}) in {seconds:.1f} s{skipped}",
-        details=f"{rows:,} rows in {tables.path('neighbours')} (version {version}){skipped}",
+        f"{what} ({path}) in {seconds:.1f} s{skipped}{committed}",
+        details=(f"{rows:,} rows in {tables.path('neighbours')} (version {version}){skipped}\n"
+                 + written_summary(tables.written)),
         params={**spec_params(spec), "path": path},
         metrics={"products": count, "rows": rows, "seconds_top_k": seconds,
-                 "unusable_features": unusable},
-        outputs={"neighbours": version})
+                 "unusable_features": unusable, "incremental": int(since is not None),
+                 **{f"changes.{k}": v for k, v in counts.items()},
+                 **written_metrics(tables.written)},
+        outputs={"neighbours": version} if version is not None else {})
+
+
+def with_sources(result: DataFrame, spec) -> DataFrame:
+    """Neighbours rows with the feature settings they were computed from."""
+    for name in SOURCE_COLUMNS:
+        result = result.withColumn(name, F.lit(spec.settings()[name]))
+    return result
+
+
+def neighbour_inputs(tables, spec, same: list[str], versions: dict[str, int] | None = None
+                     ) -> DataFrame:
+    """What the neighbours of a version of the tables depend on, per product: product_id,
+    sha256 and the `same` columns of the usable feature rows of `spec`."""
+    versions = versions or {}
+    products = tables.read("products", versions.get("products")).select("product_id", *same)
+    return (tables.read("features", versions.get("features")).filter(settings_match(spec))
+            .filter(usable_embedding()).select("product_id", "sha256")
+            .join(products, "product_id"))
+
+
+def neighbours_since(tables, meta: dict[str, str]) -> dict[str, int] | None:
+    """The input versions the neighbours table was computed from, when it was computed with
+    the same settings (`meta`) and both versions can still be read; None: compute all."""
+    recorded = recorded_inputs(tables, "neighbours")
+    settings = {k: v for k, v in meta.items() if not k.startswith("lookbook.input.")}
+    if any(recorded.get(k) != v for k, v in settings.items()):
+        return None
+    versions = {}
+    for name in ("products", "features"):
+        version = recorded.get(f"lookbook.input.{name}")
+        if version is None or not tables.readable(name, int(version)):
+            return None
+        versions[name] = int(version)
+    return versions
+
+
+@dataclass
+class NeighboursUpdate:
+    rows: DataFrame  # the new lists of every product whose list changed
+    removed: DataFrame  # product_id of products whose rows leave without a replacement
+    counts: dict[str, int]
+    path: str
+    cached: list[DataFrame]
+
+    def release(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+
+
+def update_neighbours(old: DataFrame, features: DataFrame, before: DataFrame,
+                      cfg: Config) -> NeighboursUpdate:
+    """The neighbours table brought up to date with `features`, exactly, from `old` (its
+    lists) and `before` (the inputs `old` was computed from, see `neighbour_inputs`).
+
+    New and changed products, and unchanged ones whose list names a deleted or changed
+    product, get their top-k against everything; every other unchanged product merges its
+    list with its top-k among the new and changed products (`patched_lists`)."""
+    n = cfg.neighbours
+    changes = input_changes(before, features, ["sha256", *n.same]).persist()
+    counts = {c: 0 for c in ("new", "changed", "deleted")}
+    counts.update({r["change"]: r["count"] for r in changes.groupBy("change").count().collect()})
+    arrived = features.join(changes.where("change != 'deleted'"), "product_id", "left_semi")
+    redo = lists_to_recompute(old, changes).persist()
+    counts["recomputed"] = redo.count()
+    fully = features.join(changes.select("product_id").unionByName(redo), "product_id",
+                          "left_semi")
+    computed, cached, path = [], [changes, redo], "no change"
+    if not fully.isEmpty():
+        full, path = nearest_neighbours(features, n.k, n.block_rows, n.broadcast_max_bytes,
+                                        n.same, n.exclude_same_image, queries=fully)
+        computed.append(full)
+        cached.append(full)
+    rest = features.join(changes.select("product_id").unionByName(redo), "product_id",
+                         "left_anti")
+    if not arrived.isEmpty() and not rest.isEmpty():
+        challengers, _ = nearest_neighbours(arrived, n.k, n.block_rows, n.broadcast_max_bytes,
+                                            n.same, n.exclude_same_image, queries=rest)
+        computed.append(patched_lists(old, challengers, n.k))
+        cached.append(challengers)
+    schema = "product_id long, rank int, neighbour_id long, score float"
+    new_lists = (computed[0].unionByName(computed[1]) if len(computed) == 2 else
+                 computed[0] if computed else features.sparkSession.createDataFrame([], schema))
+    rows = changed_lists(new_lists, old).persist()
+    cached.append(rows)
+    counts["lists_changed"] = rows.select("product_id").distinct().count()
+    # Deleted products, and recomputed ones left without any neighbour, lose their rows.
+    removed = (changes.where("change = 'deleted'").select("product_id")
+               .unionByName(fully.select("product_id").join(new_lists, "product_id", "left_anti")))
+    return NeighboursUpdate(rows, removed, counts, path, cached)
 
 
 @step("evaluate_neighbours")
@@ -124,8 +255,16 @@ def duplicates(spark: SparkSession, cfg: Config) -> StepResult:
              .select("product_id", "other_id", "score",
                      (F.col("sha256") == F.col("other_sha256")).alias("identical_bytes"))
              .persist())
-    version = tables.write("duplicates", pairs,
-                           metadata={"lookbook.threshold": str(n.duplicate_threshold)})
+    meta = {"lookbook.threshold": str(n.duplicate_threshold)}
+    if tables.exists("duplicates"):
+        # The pairs are cheap to derive; only the rows that differ are committed.
+        current = tables.read_latest("duplicates")
+        keys = ["product_id", "other_id"]
+        version = tables.merge("duplicates", pairs.exceptAll(current),
+                               current.select(*keys).exceptAll(pairs.select(*keys)),
+                               metadata=meta).version
+    else:
+        version = tables.write("duplicates", pairs, metadata=meta)
     counts = pairs.groupBy("identical_bytes").count().toPandas()
     top = pairs.orderBy(F.desc("identical_bytes"), F.desc("score"), "product_id").limit(24).toPandas()
     info = (products.where(F.col("product_id").isin([int(i) for i in
@@ -146,11 +285,14 @@ def duplicates(spark: SparkSession, cfg: Config) -> StepResult:
     identical = int(counts.loc[counts["identical_bytes"].astype(bool), "count"].sum()) \
         if len(counts) else 0
     pairs.unpersist()
-    return StepResult(f"{total:,} pairs, {identical:,} identical bytes",
+    return StepResult(f"{total:,} pairs, {identical:,} identical bytes"
+                      + ("; nothing committed" if version is None else ""),
                       details=f"report: {page}",
                       params={"threshold": n.duplicate_threshold},
-                      metrics={"pairs": total, "identical_bytes": identical},
-                      outputs={"duplicates": version}, artefacts=[out])
+                      metrics={"pairs": total, "identical_bytes": identical,
+                               **written_metrics(tables.written)},
+                      outputs={"duplicates": version} if version is not None else {},
+                      artefacts=[out])
 
 
 @step("similar")

@@ -172,10 +172,11 @@ def unpack(row, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             np.frombuffer(row[prefix + "groups"], dtype=np.int64))
 
 
-def top_k_blocked(blocks: DataFrame, k: int, exclude_same_image: bool) -> DataFrame:
+def top_k_blocked(queries: DataFrame, candidates: DataFrame, k: int,
+                  exclude_same_image: bool) -> DataFrame:
     """Every (query block, candidate block) pair is a row, and a task: partial top-k lists."""
-    candidates = blocks.select(*[F.col(c).alias(f"c_{c}") for c in blocks.columns])
-    pairs = blocks.crossJoin(candidates)
+    candidates = candidates.select(*[F.col(c).alias(f"c_{c}") for c in candidates.columns])
+    pairs = queries.crossJoin(candidates)
 
     def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -186,10 +187,11 @@ def top_k_blocked(blocks: DataFrame, k: int, exclude_same_image: bool) -> DataFr
     return pairs.mapInPandas(partial, PAIR_SCHEMA)
 
 
-def top_k_broadcast(blocks: DataFrame, k: int, exclude_same_image: bool) -> DataFrame:
+def top_k_broadcast(queries: DataFrame, candidates: DataFrame, k: int,
+                    exclude_same_image: bool) -> DataFrame:
     """All candidates broadcast once; each query block scans them in one task."""
-    sc = blocks.sparkSession.sparkContext
-    everything = sc.broadcast([tuple(unpack(r.asDict())) for r in blocks.collect()])
+    sc = queries.sparkSession.sparkContext
+    everything = sc.broadcast([tuple(unpack(r.asDict())) for r in candidates.collect()])
 
     def scan(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
@@ -202,7 +204,7 @@ def top_k_broadcast(blocks: DataFrame, k: int, exclude_same_image: bool) -> Data
                                       "score": np.concatenate([p[2] for p in parts])})
                 yield ranked(pairs).query(f"rank <= {k}").drop(columns="rank")
 
-    return blocks.mapInPandas(scan, PAIR_SCHEMA)
+    return queries.mapInPandas(scan, PAIR_SCHEMA)
 
 
 def merge_top_k(pairs: DataFrame, k: int) -> DataFrame:
@@ -214,24 +216,83 @@ def merge_top_k(pairs: DataFrame, k: int) -> DataFrame:
 
 def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
                        broadcast_max_bytes: int, group_columns: list[str] | None = None,
-                       exclude_same_image: bool = False) -> tuple[DataFrame, str]:
-    """(product_id, rank, neighbour_id, score) for every product, and which path ran."""
+                       exclude_same_image: bool = False,
+                       queries: DataFrame | None = None) -> tuple[DataFrame, str]:
+    """(product_id, rank, neighbour_id, score): the top-k among `features` of every product
+    of `features` (or of `queries`, rows of the same columns), and which path ran.
+    `features` (and `queries`) have product_id, embedding, sha256 and the group columns."""
     spark = features.sparkSession
-    blocks = blocks_of(features, block_rows, group_columns or []).persist()
-    sizes = blocks.select(F.sum(F.length("vectors")).alias("bytes"), F.count("*").alias("n")).first()
+    groups = group_columns or []
+    candidates = blocks_of(features, block_rows, groups).persist()
+    query_blocks = candidates if queries is None else blocks_of(queries, block_rows, groups).persist()
+    sizes = candidates.select(F.sum(F.length("vectors")).alias("bytes"),
+                              F.count("*").alias("n")).first()
+    n_queries = sizes["n"] if queries is None else query_blocks.count()
     # One pair (two blocks of vectors) per Arrow batch: the rows are large.
     previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1")
     try:
         if (sizes["bytes"] or 0) <= broadcast_max_bytes:
-            path = f"broadcast ({sizes['n']} query blocks, {sizes['bytes'] / 2**20:.0f} MiB of candidates)"
-            result = merge_top_k(top_k_broadcast(blocks, k, exclude_same_image), k)
+            path = (f"broadcast ({n_queries} query blocks, "
+                    f"{(sizes['bytes'] or 0) / 2**20:.0f} MiB of candidates)")
+            pairs = top_k_broadcast(query_blocks, candidates, k, exclude_same_image)
         else:
-            path = f"blocked ({sizes['n']} x {sizes['n']} block pairs)"
-            result = merge_top_k(top_k_blocked(blocks, k, exclude_same_image), k)
-        result = result.persist()
+            path = f"blocked ({n_queries} x {sizes['n']} block pairs)"
+            pairs = top_k_blocked(query_blocks, candidates, k, exclude_same_image)
+        result = merge_top_k(pairs, k).persist()
         result.count()
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
-        blocks.unpersist()
+        candidates.unpersist()
+        query_blocks.unpersist()
     return result, path
+
+
+# --- keeping a table exact as products come and go -------------------------------------------
+
+def input_changes(before: DataFrame, after: DataFrame, columns: list[str]) -> DataFrame:
+    """(product_id, change) between two versions of the neighbours' input (product_id and
+    `columns`, e.g. sha256 and the group columns): `new`, `deleted`, or `changed` when any
+    column differs (nulls equal)."""
+    b = before.select("product_id", *[F.col(c).alias(f"b_{c}") for c in columns],
+                      F.lit(True).alias("_before"))
+    a = after.select("product_id", *[F.col(c).alias(f"a_{c}") for c in columns],
+                     F.lit(True).alias("_after"))
+    differs = F.lit(False)
+    for c in columns:
+        differs = differs | ~F.col(f"b_{c}").eqNullSafe(F.col(f"a_{c}"))
+    change = (F.when(F.col("_before").isNull(), F.lit("new"))
+              .when(F.col("_after").isNull(), F.lit("deleted"))
+              .when(differs, F.lit("changed")))
+    return (b.join(a, "product_id", "full_outer").select("product_id", change.alias("change"))
+            .where(F.col("change").isNotNull()))
+
+
+def lists_to_recompute(old: DataFrame, changes: DataFrame) -> DataFrame:
+    """product_id of every unchanged product whose current list names a deleted or changed
+    product: such a list cannot be patched, it is computed again against everything."""
+    gone = changes.where(F.col("change") != "new").select(F.col("product_id").alias("neighbour_id"))
+    return (old.join(gone, "neighbour_id", "left_semi").select("product_id").distinct()
+            .join(changes.select("product_id"), "product_id", "left_anti"))
+
+
+def patched_lists(old: DataFrame, challengers: DataFrame, k: int) -> DataFrame:
+    """Each product's k best of its current list and `challengers` (its top-k among the new
+    and changed products), for products whose current list holds only unchanged products:
+    that list is their top-k among the unchanged ones, so the merge is their exact top-k."""
+    both = old.select("product_id", "neighbour_id", "score").unionByName(
+        challengers.select("product_id", "neighbour_id", "score"))
+    return merge_top_k(both.join(challengers.select("product_id").distinct(), "product_id",
+                                 "left_semi"), k)
+
+
+def changed_lists(new: DataFrame, old: DataFrame) -> DataFrame:
+    """The rows of `new` (product_id, rank, neighbour_id, score) of products whose list is
+    not the same as in `old`."""
+    columns = ["product_id", "rank", "neighbour_id", "score"]
+    different = (new.select(*columns).exceptAll(old.select(*columns)).select("product_id")
+                 .unionByName(old.join(new.select("product_id").distinct(), "product_id",
+                                       "left_semi").select(*columns)
+                              .exceptAll(new.select(*columns)).select("product_id"))
+                 .distinct())
+    return new.join(different, "product_id", "left_semi")
