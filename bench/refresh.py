@@ -135,7 +135,7 @@ def main() -> None:
     counts = change_catalogue(catalogue, args.fraction, args.seed)
     print(f"changed {sum(counts.values()):,} products: {counts}", flush=True)
     refresh_s, refresh_steps, out = submit("refresh", *common)
-    print("\n".join(line for line in out.splitlines() if line.startswith("[")), flush=True)
+    print("\n".join(line for line in out.splitlines() if re.match(r"^\[\d", line)), flush=True)
     refresh_bytes = {t: bytes_written(warehouse / t, at[t]) for t in TABLES}
     commits = {t: len(log_versions(warehouse / t)) - 1 - at[t] for t in TABLES}
     before_again = sum(len(log_versions(warehouse / t)) for t in TABLES)

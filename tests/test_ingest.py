@@ -87,10 +87,28 @@ def test_step_writes_tables_and_rerun_is_idempotent(spark, bad_catalogue, tmp_pa
     assert sorted(r[0] for r in products.select("product_id").collect()) == made["product_ids"]
     assert first.metrics["products"] == len(made["product_ids"])
     assert first.metrics["rejects"] == tables.read("rejects").count() >= len(made["rejects"])
-    again = ingest_step(spark, cfg)
-    assert again.outputs == {"products": 1, "rejects": 1}
-    assert same_rows(tables.read("products"), tables.read("products", version=0))
-    assert same_rows(tables.read("rejects"), tables.read("rejects", version=0))
+    again = ingest_step(spark, cfg)  # nothing changed in the folder: nothing to commit
+    assert again.outputs == {} and "nothing committed" in again.summary
+    assert again.metrics["decoded"] < first.metrics["decoded"] / 4  # only files of no product
+    assert Catalog(spark, cfg.warehouse).version("products") == 0
+    assert same_rows(tables.read("products"), products)
+
+
+def test_catalogue_changes_name_every_kind_of_change(spark):
+    from lookbook.io.ingest import catalogue_changes
+
+    columns = "product_id long, gender string, year int, sha256 string, image binary"
+    before = spark.createDataFrame([
+        (1, "Men", 2011, "a", b"x"), (2, "Men", 2011, "b", b"y"), (3, None, 2012, "c", b"z"),
+        (4, "Women", None, "d", b"w"), (5, "Men", 2011, "e", b"v")], columns)
+    after = spark.createDataFrame([
+        (1, "Men", 2011, "a", b"x"),  # unchanged
+        (2, "Men", 2011, "B", b"Y"),  # new image
+        (3, None, 2013, "c", b"z"),  # new year; a null that stays null is no change
+        (4, "Women", None, "d", b"w"),
+        (6, "Men", 2011, "f", b"u")], columns)  # new; 5 is deleted
+    got = {r["product_id"]: r["change"] for r in catalogue_changes(after, before).collect()}
+    assert got == {2: "image", 3: "labels", 5: "deleted", 6: "new"}
 
 
 def test_sample_is_deterministic_whatever_the_partitioning(spark):

@@ -97,8 +97,11 @@ def full_recomputation(spark, cfg, tmp_path: Path, *steps) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("same", [[], ["gender"]], ids=["any", "same-gender"])
-def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path, same):
+@pytest.mark.slow  # every step, three times
+def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path):
+    """With neighbours.same=[gender], so that a change of labels moves a product to another
+    group (the job test below checks the default, any product a candidate)."""
+    same = ["gender"]
     catalogue = tmp_path / "catalogue"
     shutil.copytree(warehouse_copy.data_dir, catalogue)
     cfg = config_for(catalogue, Path(warehouse_copy.warehouse),
@@ -260,3 +263,15 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
     assert update.counts["deleted"] == 8 and update.counts["new"] == 4
     assert update.counts["changed"] == 6 + (3 if same else 0)
     assert 0 < update.counts["lists_changed"] < len(after) / 2
+
+
+def test_the_refresh_job_runs_the_incremental_steps_and_retrains_when_asked():
+    from lookbook.cli import parse_job_args
+    from lookbook.pipelines.runner import job_steps
+
+    steps = ["ingest", "featurize", "predict", "neighbours", "duplicates"]
+    assert job_steps("refresh", parse_job_args("refresh", [])) == steps
+    retrain = parse_job_args("refresh", ["retrain=true"])
+    assert retrain.refresh.retrain
+    assert job_steps("refresh", retrain) == ["ingest", "featurize", "train", "evaluate",
+                                             "predict", "neighbours", "duplicates"]

@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from .changes import changes_by_key
 from .images import inspect_image
 from .styles import (
     BLANK_LINE,
@@ -490,20 +491,7 @@ def format_summary(result: IngestResult) -> str:
 
 def catalogue_changes(products: DataFrame, previous: DataFrame) -> DataFrame:
     """(product_id, change) for every product that is `new`, `deleted`, or whose image
-    (`image`: sha256) or any other column (`labels`) differs between `previous` and
-    `products`. The image bytes are compared by their sha256."""
-    columns = [c for c in products.columns if c not in ("product_id", "image")]
-    old = previous.select("product_id", *[F.col(c).alias(f"o_{c}") for c in columns],
-                          F.lit(True).alias("_old"))
-    new = products.select("product_id", *[F.col(c).alias(f"n_{c}") for c in columns],
-                          F.lit(True).alias("_new"))
-    labels = F.lit(False)
-    for c in columns:
-        if c != "sha256":
-            labels = labels | ~F.col(f"o_{c}").eqNullSafe(F.col(f"n_{c}"))
-    change = (F.when(F.col("_old").isNull(), F.lit("new"))
-              .when(F.col("_new").isNull(), F.lit("deleted"))
-              .when(~F.col("o_sha256").eqNullSafe(F.col("n_sha256")), F.lit("image"))
-              .when(labels, F.lit("labels")))
-    return (old.join(new, "product_id", "full_outer").select("product_id", change.alias("change"))
-            .where(F.col("change").isNotNull()))
+    (`image`: its sha256) or any other column (`labels`) differs between `previous` and
+    `products`."""
+    labels = [c for c in products.columns if c not in ("product_id", "image", "sha256")]
+    return changes_by_key(previous, products, {"image": ["sha256"], "labels": labels})

@@ -15,6 +15,11 @@ What holds, and how:
 - An append must have the table's schema (`SchemaMismatch` otherwise); an overwrite may change
   it, which is how a changed declaration migrates a table.
 - Files of killed runs and of versions older than the retention are removed by `vacuum_table`.
+- `merge_table` replaces rows by key and rewrites only the files holding them (copy-on-write
+  at file granularity: Remove actions for those files, Add actions for their rewritten
+  survivors and the new rows), so a small change writes little. Tables written with
+  `cluster_by` hold consecutive key ranges per file, which keeps the files a change lands in
+  few.
 
 Spark reads a version's file list from the commit log (`DeltaTable.file_uris()`): globbing the
 folder would bring back files that an overwrite removed.

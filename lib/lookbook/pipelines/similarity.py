@@ -18,15 +18,17 @@ from ..features.featurize import (
     settings_match,
     usable_embedding,
 )
+from ..io.changes import changes_by_key
 from ..io.images import read_image_file
 from ..reports.gallery import gallery_queries, gallery_rows, plot_gallery
 from ..reports.html import write_html
 from ..similarity.knn import (
+    blocks_of,
     changed_lists,
-    input_changes,
     lists_to_recompute,
     nearest_neighbours,
     patched_lists,
+    top_k_of_blocks,
 )
 from ..similarity.query import most_similar
 from ..similarity.relevance import relevance_metrics
@@ -162,27 +164,35 @@ def update_neighbours(old: DataFrame, features: DataFrame, before: DataFrame,
     product, get their top-k against everything; every other unchanged product merges its
     list with its top-k among the new and changed products (`patched_lists`)."""
     n = cfg.neighbours
-    changes = input_changes(before, features, ["sha256", *n.same]).persist()
+    changes = changes_by_key(before, features, {"changed": ["sha256", *n.same]}).persist()
     counts = {c: 0 for c in ("new", "changed", "deleted")}
     counts.update({r["change"]: r["count"] for r in changes.groupBy("change").count().collect()})
     arrived = features.join(changes.where("change != 'deleted'"), "product_id", "left_semi")
     redo = lists_to_recompute(old, changes).persist()
     counts["recomputed"] = redo.count()
-    fully = features.join(changes.select("product_id").unionByName(redo), "product_id",
-                          "left_semi")
-    computed, cached, path = [], [changes, redo], "no change"
+    recompute = changes.select("product_id").unionByName(redo)
+    fully = features.join(recompute, "product_id", "left_semi")
+    # Every product's vectors are packed into blocks once: candidates of the recomputed
+    # lists, queries of the patched ones.
+    everything = blocks_of(features, n.block_rows, n.same).persist()
+    cached, computed, paths = [changes, redo, everything], [], []
     if not fully.isEmpty():
-        full, path = nearest_neighbours(features, n.k, n.block_rows, n.broadcast_max_bytes,
-                                        n.same, n.exclude_same_image, queries=fully)
+        queries = blocks_of(fully, n.block_rows, n.same).persist()
+        # A broadcast pays when many query blocks reuse it; a few take a task per pair.
+        few = queries.count() < 2
+        full, path = top_k_of_blocks(queries, everything, n.k,
+                                     0 if few else n.broadcast_max_bytes, n.exclude_same_image)
         computed.append(full)
-        cached.append(full)
-    rest = features.join(changes.select("product_id").unionByName(redo), "product_id",
-                         "left_anti")
-    if not arrived.isEmpty() and not rest.isEmpty():
-        challengers, _ = nearest_neighbours(arrived, n.k, n.block_rows, n.broadcast_max_bytes,
-                                            n.same, n.exclude_same_image, queries=rest)
+        cached += [queries, full]
+        paths.append(f"recomputed: {path}")
+    if not arrived.isEmpty():
+        newcomers = blocks_of(arrived, n.block_rows, n.same).persist()
+        found, path = top_k_of_blocks(everything, newcomers, n.k, n.broadcast_max_bytes,
+                                      n.exclude_same_image)
+        challengers = found.join(recompute, "product_id", "left_anti")
         computed.append(patched_lists(old, challengers, n.k))
-        cached.append(challengers)
+        cached += [newcomers, found]
+        paths.append(f"patched: {path}")
     schema = "product_id long, rank int, neighbour_id long, score float"
     new_lists = (computed[0].unionByName(computed[1]) if len(computed) == 2 else
                  computed[0] if computed else features.sparkSession.createDataFrame([], schema))
@@ -192,6 +202,7 @@ def update_neighbours(old: DataFrame, features: DataFrame, before: DataFrame,
     # Deleted products, and recomputed ones left without any neighbour, lose their rows.
     removed = (changes.where("change = 'deleted'").select("product_id")
                .unionByName(fully.select("product_id").join(new_lists, "product_id", "left_anti")))
+    path = "; ".join(paths) or "no change"
     return NeighboursUpdate(rows, removed, counts, path, cached)
 
 

@@ -216,18 +216,25 @@ def merge_top_k(pairs: DataFrame, k: int) -> DataFrame:
 
 def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
                        broadcast_max_bytes: int, group_columns: list[str] | None = None,
-                       exclude_same_image: bool = False,
-                       queries: DataFrame | None = None) -> tuple[DataFrame, str]:
-    """(product_id, rank, neighbour_id, score): the top-k among `features` of every product
-    of `features` (or of `queries`, rows of the same columns), and which path ran.
-    `features` (and `queries`) have product_id, embedding, sha256 and the group columns."""
-    spark = features.sparkSession
-    groups = group_columns or []
-    candidates = blocks_of(features, block_rows, groups).persist()
-    query_blocks = candidates if queries is None else blocks_of(queries, block_rows, groups).persist()
+                       exclude_same_image: bool = False) -> tuple[DataFrame, str]:
+    """(product_id, rank, neighbour_id, score): every product's top-k among `features`
+    (product_id, embedding, sha256 and the group columns), and which path ran."""
+    blocks = blocks_of(features, block_rows, group_columns or []).persist()
+    try:
+        return top_k_of_blocks(blocks, blocks, k, broadcast_max_bytes, exclude_same_image)
+    finally:
+        blocks.unpersist()
+
+
+def top_k_of_blocks(queries: DataFrame, candidates: DataFrame, k: int,
+                    broadcast_max_bytes: int, exclude_same_image: bool) -> tuple[DataFrame, str]:
+    """The top-k among the `candidates` blocks of every product of the `queries` blocks
+    (`blocks_of`), computed and cached, and which path ran: all candidates broadcast when
+    they fit in `broadcast_max_bytes`, else a task per block pair."""
+    spark = queries.sparkSession
     sizes = candidates.select(F.sum(F.length("vectors")).alias("bytes"),
                               F.count("*").alias("n")).first()
-    n_queries = sizes["n"] if queries is None else query_blocks.count()
+    n_queries = sizes["n"] if queries is candidates else queries.count()
     # One pair (two blocks of vectors) per Arrow batch: the rows are large.
     previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1")
@@ -235,38 +242,18 @@ def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
         if (sizes["bytes"] or 0) <= broadcast_max_bytes:
             path = (f"broadcast ({n_queries} query blocks, "
                     f"{(sizes['bytes'] or 0) / 2**20:.0f} MiB of candidates)")
-            pairs = top_k_broadcast(query_blocks, candidates, k, exclude_same_image)
+            pairs = top_k_broadcast(queries, candidates, k, exclude_same_image)
         else:
             path = f"blocked ({n_queries} x {sizes['n']} block pairs)"
-            pairs = top_k_blocked(query_blocks, candidates, k, exclude_same_image)
+            pairs = top_k_blocked(queries, candidates, k, exclude_same_image)
         result = merge_top_k(pairs, k).persist()
         result.count()
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
-        candidates.unpersist()
-        query_blocks.unpersist()
     return result, path
 
 
 # --- keeping a table exact as products come and go -------------------------------------------
-
-def input_changes(before: DataFrame, after: DataFrame, columns: list[str]) -> DataFrame:
-    """(product_id, change) between two versions of the neighbours' input (product_id and
-    `columns`, e.g. sha256 and the group columns): `new`, `deleted`, or `changed` when any
-    column differs (nulls equal)."""
-    b = before.select("product_id", *[F.col(c).alias(f"b_{c}") for c in columns],
-                      F.lit(True).alias("_before"))
-    a = after.select("product_id", *[F.col(c).alias(f"a_{c}") for c in columns],
-                     F.lit(True).alias("_after"))
-    differs = F.lit(False)
-    for c in columns:
-        differs = differs | ~F.col(f"b_{c}").eqNullSafe(F.col(f"a_{c}"))
-    change = (F.when(F.col("_before").isNull(), F.lit("new"))
-              .when(F.col("_after").isNull(), F.lit("deleted"))
-              .when(differs, F.lit("changed")))
-    return (b.join(a, "product_id", "full_outer").select("product_id", change.alias("change"))
-            .where(F.col("change").isNotNull()))
-
 
 def lists_to_recompute(old: DataFrame, changes: DataFrame) -> DataFrame:
     """product_id of every unchanged product whose current list names a deleted or changed
