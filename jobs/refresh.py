@@ -1,5 +1,4 @@
-"""The nightly refresh: bring every table up to date with the catalogue folder, computing and
-rewriting only what changed (see README: Nightly refresh).
+"""The nightly job: every table brought up to date, computing only what changed.
 
     ./spark-submit.sh refresh [retrain=true] [--conf FILE] [key=value ...]
 """

@@ -167,6 +167,9 @@ def test_a_single_job_is_one_run_and_takes_a_model_by_id(pipeline_run):
     [run] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'predict' "
                                "and tags.`lookbook.job` = 'predict'")
     assert "mlflow.parentRunId" not in run.data.tags and run.data.params["model"] == model.run_id
-    assert run.data.tags["lookbook.output.predictions"] == "1"
+    # The pipeline predicted every product with this model: nothing changed since.
+    assert run.data.metrics["incremental"] == 1 and run.data.metrics["predicted"] == 0
+    assert "nothing committed" in out.stdout
+    assert "lookbook.output.predictions" not in run.data.tags
     wrong = submit("predict", f"warehouse={warehouse}", "model.run_id=nope")
     assert wrong.returncode != 0 and "no model 'nope'" in wrong.stdout + wrong.stderr

@@ -171,7 +171,7 @@ def test_two_first_writers_one_creates_the_other_conflicts(spark, tmp_path):
     path = str(tmp_path / "t")
     assert write_table(spark.range(2), path).version == 0
     with pytest.raises(WriteConflict, match="after this one read no table yet"):
-        tables_module._commit(path, path, None, [], "overwrite",
+        tables_module._commit(path, path, None, [], [], "overwrite",
                               DeltaTable(path).schema(), {})
     assert ids(read_table(spark, path)) == [0, 1]
 
