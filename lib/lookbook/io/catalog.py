@@ -243,6 +243,16 @@ class Catalog:
             self.written[name] = written
         return written
 
+    def differences(self, name: str, desired: DataFrame) -> tuple:
+        """(upserts, removed, match_on) for `merge` that make the table hold exactly the rows
+        of `desired`: its rows the table lacks, and the table's rows (by key; whole rows for a
+        table without keys) it does not hold. Nothing to commit when they are the same."""
+        current = self.read_latest(name)
+        match_on = table_spec(name).keys or tuple(current.columns)
+        desired = desired.select(*current.columns)
+        return (desired.exceptAll(current),
+                current.select(*match_on).exceptAll(desired.select(*match_on)), match_on)
+
     def merge_together(self, changes: dict[str, tuple], metadata: dict[str, str] | None = None
                        ) -> dict[str, Written]:
         """`merge` tables declared `written_with` each other as one batch: `changes` maps

@@ -77,10 +77,8 @@ def version_readable(path: str, version: int) -> bool:
         files = _snapshot_files(uri, version)
     except Exception:  # delta-rs: version not found / log cleaned up
         return False
-    if not files:
-        return True
-    fs, _ = pafs.FileSystem.from_uri(files[0].uri)
-    infos = fs.get_file_info([pafs.FileSystem.from_uri(f.uri)[1] for f in files])
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info([f"{root}/{f.path}" for f in files])
     return all(i.type == pafs.FileType.File for i in infos)
 
 
@@ -164,24 +162,22 @@ def merge_table(upserts: DataFrame, removed: DataFrame | None, path: str,
     removed or added. With `keys`, the upserts must be unique on them (the table then is)."""
     spark = upserts.sparkSession
     uri = _uri(path)
-    if table_engine(spark) == "delta-spark" or not DeltaTable.is_deltatable(uri):
+    base = read_version if read_version is not None else _current_version(uri)
+    if table_engine(spark) == "delta-spark" or base is None:
         # No file-level merge here: the whole new content, written once.
-        base = read_version if read_version is not None else _current_version(uri)
         current = (anti_join(read_table(spark, path, base), _matches(upserts, removed, match_on),
                              match_on) if base is not None else None)
         content = upserts if current is None else current.unionByName(upserts)
         return write_table(content, path, "overwrite", metadata, keys, base, cluster_by,
                            rows_per_file)
-    base = read_version if read_version is not None else _current_version(uri)
     gone = _matches(upserts, removed, match_on).persist()
     try:
         files = _snapshot_files(uri, base)
         touched = _files_holding(spark, files, gone, match_on)
-        survivors = (anti_join(spark.read.parquet(*[f.uri for f in touched]), gone, match_on)
-                     if touched else None)
-        content = upserts if survivors is None else survivors.unionByName(upserts)
         if not touched and upserts.isEmpty():
             return Written(None, files_kept=len(files))
+        content = (anti_join(spark.read.parquet(*[f.uri for f in touched]), gone, match_on)
+                   .unionByName(upserts) if touched else upserts)
 
         def check(staged: DataFrame, schema: Schema) -> None:
             check_same_schema(schema, DeltaTable(uri, version=base).schema(), path)

@@ -17,7 +17,7 @@ from ..io.catalog import Catalog
 from ..io.tables import Written
 from ..results import ModelToLog, StepResult
 
-__all__ = ["STEPS", "ModelToLog", "Step", "StepResult", "catalog", "input_versions",
+__all__ = ["STEPS", "ModelToLog", "Step", "StepResult", "catalog", "committed", "input_versions",
            "recorded_inputs", "step", "written_metrics", "written_summary"]
 
 
@@ -39,6 +39,12 @@ def catalog(spark: SparkSession, cfg: Config) -> Catalog:
     """The warehouse's tables; commits name the tracking run they belong to."""
     return Catalog(spark, cfg.warehouse, tracking.active_run_id(),
                    cfg.tables.products_per_file)
+
+
+def committed(written: dict[str, Written]) -> dict[str, int]:
+    """The versions the writes committed (StepResult.outputs); tables left as they were are
+    not named."""
+    return {name: w.version for name, w in written.items() if w.version is not None}
 
 
 def written_metrics(written: dict[str, Written]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from ..config import Config
 from ..io.ingest import catalogue_changes, format_summary, ingest_catalogue
 from ..reports.catalogue import class_counts, plot_class_balance, plot_samples, sample_per_class
 from ..reports.html import write_html
-from .base import StepResult, catalog, step, written_metrics, written_summary
+from .base import StepResult, catalog, committed, step, written_metrics, written_summary
 
 
 @step("ingest")
@@ -35,20 +35,17 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
         counts = {"new": result.ingested}
     else:
         changes = catalogue_changes(result.products, previous).persist()
-        counts = {k: v for k, v in sorted(
-            (r["change"], r["count"]) for r in changes.groupBy("change").count().collect())}
+        counts = dict(sorted((r["change"], r["count"])
+                             for r in changes.groupBy("change").count().collect()))
         upserts = result.products.join(changes.where("change != 'deleted'"), "product_id",
                                        "left_semi")
         deleted = changes.where("change = 'deleted'").select("product_id")
-        old_rejects = tables.read_latest("rejects")
-        everything = tuple(old_rejects.columns)
         written = tables.merge_together({
             "products": (upserts, deleted, None),
-            "rejects": (result.rejects.exceptAll(old_rejects),
-                        old_rejects.exceptAll(result.rejects), everything),
+            "rejects": tables.differences("rejects", result.rejects),
         }, metadata=meta)
         changes.unpersist()
-        outputs = {n: w.version for n, w in written.items() if w.version is not None}
+        outputs = committed(written)
     result.release()
     n_rejects = sum(result.rejects_by_reason.values())
     changed = ", ".join(f"{n:,} {c}" for c, n in counts.items()) or "no change: nothing committed"

@@ -29,6 +29,7 @@ from .base import (
     ModelToLog,
     StepResult,
     catalog,
+    committed,
     input_versions,
     recorded_inputs,
     step,
@@ -233,7 +234,7 @@ def predict(spark: SparkSession, cfg: Config) -> StepResult:
         written = tables.merge_together({"predictions": (predictions, gone, None),
                                          "prediction_rejects": (failures, gone, ("product_id",))},
                                         metadata=meta)
-        outputs = {name: w.version for name, w in written.items() if w.version is not None}
+        outputs = committed(written)
         changes.unpersist()
     n_good = good.count()
     n_failed = classified.count() - n_good

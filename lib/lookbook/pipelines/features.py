@@ -17,7 +17,7 @@ from ..features.featurize import (
     with_setting_columns,
 )
 from ..io.catalog import Catalog, table_spec
-from .base import StepResult, catalog, step, written_metrics, written_summary
+from .base import StepResult, catalog, committed, step, written_metrics, written_summary
 
 
 def feature_spec(spark: SparkSession, cfg: Config) -> FeatureModelSpec:
@@ -32,11 +32,14 @@ def spec_params(spec: FeatureModelSpec) -> dict[str, object]:
     return {f"features.{k}": v for k, v in spec.settings().items()}
 
 
-def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str) -> DataFrame:
-    """Feature rows of `spec` for the products in the catalogue today, with `columns` of
-    products joined on."""
-    products = tables.read("products").select("product_id", *columns)
-    return tables.read("features").filter(settings_match(spec)).join(products, "product_id")
+def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str,
+                     versions: dict[str, int] | None = None) -> DataFrame:
+    """Feature rows of `spec` for the products in the catalogue (today, or at the `versions`
+    of products and features given), with `columns` of products joined on."""
+    versions = versions or {}
+    products = tables.read("products", versions.get("products")).select("product_id", *columns)
+    return (tables.read("features", versions.get("features")).filter(settings_match(spec))
+            .join(products, "product_id"))
 
 
 @step("featurize")
@@ -69,15 +72,14 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
         outputs = tables.write_together({"features": good, "feature_rejects": failures},
                                         metadata=meta)
     else:
-        # Failures are tried again on every run: this settings' rejects are replaced whole,
-        # when they differ.
-        same_failures = same_rows(failures, tables.read_latest("feature_rejects")
-                                  .where(F.col("detail") == detail))
-        rejects = ((failures.limit(0), None, ("detail",)) if same_failures else
-                   (failures, spark.createDataFrame([(detail,)], "detail string"), ("detail",)))
-        written = tables.merge_together({"features": (good, stale, None),
-                                         "feature_rejects": rejects}, metadata=meta)
-        outputs = {n: w.version for n, w in written.items() if w.version is not None}
+        # Failures are tried again on every run: this settings' rejects become today's, other
+        # settings' stay.
+        rejects = tables.read_latest("feature_rejects").where(
+            ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
+        written = tables.merge_together({
+            "features": (good, stale, None),
+            "feature_rejects": tables.differences("feature_rejects", rejects)}, metadata=meta)
+        outputs = committed(written)
     new.unpersist()
     if stale is not None:
         stale.unpersist()
@@ -95,7 +97,3 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
                  **written_metrics(tables.written)},
         outputs=outputs)
 
-
-def same_rows(a: DataFrame, b: DataFrame) -> bool:
-    """The two frames hold the same rows (as multisets)."""
-    return a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()

@@ -12,12 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
-from ..features.featurize import (
-    driver_feature_model,
-    embed_batch,
-    settings_match,
-    usable_embedding,
-)
+from ..features.featurize import driver_feature_model, embed_batch, usable_embedding
 from ..io.changes import changes_by_key
 from ..io.images import read_image_file
 from ..reports.gallery import gallery_queries, gallery_rows, plot_gallery
@@ -119,11 +114,8 @@ def neighbour_inputs(tables, spec, same: list[str], versions: dict[str, int] | N
                      ) -> DataFrame:
     """What the neighbours of a version of the tables depend on, per product: product_id,
     sha256 and the `same` columns of the usable feature rows of `spec`."""
-    versions = versions or {}
-    products = tables.read("products", versions.get("products")).select("product_id", *same)
-    return (tables.read("features", versions.get("features")).filter(settings_match(spec))
-            .filter(usable_embedding()).select("product_id", "sha256")
-            .join(products, "product_id"))
+    return (current_features(tables, spec, *same, versions=versions)
+            .filter(usable_embedding()).select("product_id", "sha256", *same))
 
 
 def neighbours_since(tables, meta: dict[str, str]) -> dict[str, int] | None:
@@ -269,10 +261,7 @@ def duplicates(spark: SparkSession, cfg: Config) -> StepResult:
     meta = {"lookbook.threshold": str(n.duplicate_threshold)}
     if tables.exists("duplicates"):
         # The pairs are cheap to derive; only the rows that differ are committed.
-        current = tables.read_latest("duplicates")
-        keys = ["product_id", "other_id"]
-        version = tables.merge("duplicates", pairs.exceptAll(current),
-                               current.select(*keys).exceptAll(pairs.select(*keys)),
+        version = tables.merge("duplicates", *tables.differences("duplicates", pairs),
                                metadata=meta).version
     else:
         version = tables.write("duplicates", pairs, metadata=meta)
