@@ -146,7 +146,9 @@ def test_embed_batch_keeps_going_past_bad_images(tmp_path):
     out = embed_batch(model, [good, b"bad", good, good], spec)
     assert out["error"].isna().tolist() == [True, False, True, True]
     assert out["embedding"][1] is None and len(out["embedding"][3]) == 1024
-    np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], rtol=1e-5)
+    # The same image in another row of the batch: equal up to float32 rounding (the GEMM
+    # kernels of some CPUs, AMD EPYC's here, round rows differently by ~1 ulp).
+    np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], rtol=1e-5, atol=1e-6)
 
 
 # --- reliability: weights identity, precision policy, non-finite features, deleted products --
@@ -189,20 +191,27 @@ def test_weights_file_changed_in_place_is_not_reused(spark, featurized, tmp_path
     assert not any(np.allclose(after[pid], before[pid]) for pid in before)
 
 
-@pytest.mark.parametrize("poison, reason", [
-    # An inf bias in the last layer reaches the features; a NaN one in the first is turned
-    # into zeros by the ReLUs (TensorFlow's max(NaN, 0) is 0): both vectors have no direction.
-    (("block5_conv3", np.inf), "embedding is not finite (NaN/inf)"),
-    (("block1_conv1", np.nan), "embedding is all zeros")])
+NOT_FINITE, ALL_ZEROS = "embedding is not finite (NaN/inf)", "embedding is all zeros"
+
+
+@pytest.mark.parametrize("poison, reasons", [
+    # An inf bias in the last layer reaches the features; -inf in the first is zeroed by the
+    # ReLUs, and the zero biases after it keep every activation at 0.
+    (("block5_conv3", np.inf), {NOT_FINITE}),
+    (("block1_conv1", -np.inf), {ALL_ZEROS}),
+    # NaN in the first layer: the CPU's ReLU kernel decides (max(NaN, 0) is 0 on Intel's
+    # oneDNN path, NaN on AMD EPYC's); either way the vector has no direction.
+    (("block1_conv1", np.nan), {NOT_FINITE, ALL_ZEROS})])
 def test_broken_weights_make_feature_rejects_never_features(spark, featurized, tmp_path, poison,
-                                                            reason):
+                                                            reasons):
     path = save_vgg16_weights(tmp_path / "broken.weights.h5", seed=0, poison=poison)
     cfg = small_warehouse(spark, featurized, tmp_path, f"featurize.weights={path}")
     result = featurize_step(spark, cfg)
     assert result.summary.startswith("0 computed, 0 already done, 5 failed")
     tables = Catalog(spark, cfg.warehouse)
     assert tables.read("features").count() == 0
-    assert {r["reason"] for r in tables.read("feature_rejects").collect()} == {reason}
+    found = {r["reason"] for r in tables.read("feature_rejects").collect()}
+    assert len(found) == 1 and found <= reasons, found
 
 
 def log_of_mean_brightness():
