@@ -2,7 +2,8 @@
 # One way to run any lookbook job, locally or on a cluster:
 #   ./spark-submit.sh JOB [--conf FILE] [key=value ...]
 # Builds the package for --py-files, derives spark-submit options (master, Spark conf) from the
-# same config the job will load, and runs jobs/JOB.py with Spark's own spark-submit.
+# same config the job will load, ships that config with --files, and runs jobs/JOB.py with
+# Spark's own spark-submit.
 # Extra spark-submit options (e.g. --deploy-mode cluster, --archives env.tar.gz#env) go in
 # SPARK_SUBMIT_ARGS, split by shell rules (quotes and backslashes; no globbing, no variable or
 # command expansion):
@@ -57,13 +58,16 @@ fi
 
 # The job gets an explicit config path: inside the --py-files zip the package cannot find conf/.
 HAS_CONF=0
-for arg in "$@"; do
-  if [[ "$arg" == --conf || "$arg" == --conf=* ]]; then
-    HAS_CONF=1
-  fi
+ARGS=("$@")
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+  case "${ARGS[i]}" in
+    --conf) HAS_CONF=1; CONF_FILE="${ARGS[i + 1]:-}" ;;
+    --conf=*) HAS_CONF=1; CONF_FILE="${ARGS[i]#--conf=}" ;;
+  esac
 done
 if [[ $HAS_CONF == 0 ]]; then
-  set -- --conf "$ROOT/conf/local.yaml" "$@"
+  CONF_FILE="$ROOT/conf/local.yaml"
+  set -- --conf "$CONF_FILE" "$@"
 fi
 
 # Lists travel NUL-separated through files: a value may hold spaces, quotes or newlines, and
@@ -88,10 +92,22 @@ sys.stdout.write("".join(arg + "\0" for arg in args))
 "$PYTHON" -c "$SPLIT_ARGS" "${SPARK_SUBMIT_ARGS:-}" > "$WORK/extra" || exit 2
 mapfile -d '' EXTRA_OPTIONS < "$WORK/extra"
 
+# The config also travels with --files: a driver in cluster deploy mode runs where the path
+# given to the job does not exist, and finds the file in its working directory (YARN and
+# Kubernetes put --files there; lookbook.config.config_file looks there). spark-submit keeps
+# only the last --files, so one given in SPARK_SUBMIT_ARGS gets the config added to its list.
+FILES_OPTIONS=(--files "$CONF_FILE")
+for ((i = 0; i < ${#EXTRA_OPTIONS[@]}; i++)); do
+  case "${EXTRA_OPTIONS[i]}" in
+    --files) EXTRA_OPTIONS[i + 1]="${EXTRA_OPTIONS[i + 1]:-},$CONF_FILE"; FILES_OPTIONS=() ;;
+    --files=*) EXTRA_OPTIONS[i]="${EXTRA_OPTIONS[i]},$CONF_FILE"; FILES_OPTIONS=() ;;
+  esac
+done
+
 PACKAGE="$ROOT/build/lookbook.zip"
 LOG_OPTIONS=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
-COMMAND=("$SUBMIT" "${SUBMIT_OPTIONS[@]}" "${LOG_OPTIONS[@]}" "${EXTRA_OPTIONS[@]}"
-         --py-files "$PACKAGE" "$ROOT/jobs/$JOB.py" "$@")
+COMMAND=("$SUBMIT" "${SUBMIT_OPTIONS[@]}" "${LOG_OPTIONS[@]}" "${FILES_OPTIONS[@]}"
+         "${EXTRA_OPTIONS[@]}" --py-files "$PACKAGE" "$ROOT/jobs/$JOB.py" "$@")
 if [[ "${LOOKBOOK_SUBMIT_DRY_RUN:-}" == 1 ]]; then
   printf '%s\0' "${COMMAND[@]}"
   exit 0

@@ -79,6 +79,16 @@ def test_missing_config_file():
         load_config("/nonexistent.yaml")
 
 
+def test_a_config_shipped_with_files_is_found_in_the_working_directory(tmp_path, monkeypatch):
+    """A driver in cluster deploy mode gets the submitting machine's path, and the file itself
+    (spark-submit --files) in its working directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("warehouse: /lake/wh\n")
+    assert load_config("/on/the/submitting/machine/mine.yaml").warehouse == "/lake/wh"
+    with pytest.raises(ConfigError, match="not found: /elsewhere/other.yaml .nor other.yaml"):
+        load_config("/elsewhere/other.yaml")
+
+
 def test_valid_keys_cover_nested_sections():
     keys = valid_keys()
     assert {"warehouse", "spark.master", "spark.conf.<any>", "ingest.sample_fraction"} <= set(keys)

@@ -35,6 +35,7 @@ def test_dry_run_prints_the_whole_command():
     assert argv[-4:] == [str(REPO / "jobs" / "ingest.py"), "--conf",
                          str(REPO / "conf" / "local.yaml"), "warehouse=/tmp/wh"]
     assert after(argv, "--py-files") == [str(REPO / "build" / "lookbook.zip")]
+    assert after(argv, "--files") == [str(REPO / "conf" / "local.yaml")]
     assert "spark.sql.session.timeZone=UTC" in after(argv, "--conf")
 
 
@@ -43,8 +44,21 @@ def test_spark_submit_args_are_split_by_shell_rules_without_globbing(tmp_path):
     argv = command("ingest", SPARK_SUBMIT_ARGS="--conf \"spark.driver.extraJavaOptions=-Da=1 "
                    "-Db=2\" --files 'a b.txt' * $HOME `id` --name x\\ y")
     start = argv.index("--py-files") - 9
+    # spark-submit keeps one --files: the config joins the given list (see the next test).
     assert argv[start:start + 9] == ["--conf", "spark.driver.extraJavaOptions=-Da=1 -Db=2",
-                                     "--files", "a b.txt", "*", "$HOME", "`id`", "--name", "x y"]
+                                     "--files", f"a b.txt,{REPO / 'conf' / 'local.yaml'}", "*",
+                                     "$HOME", "`id`", "--name", "x y"]
+
+
+@pytest.mark.parametrize("conf", [["--conf", "conf/cluster.yaml"], ["--conf=conf/cluster.yaml"]])
+def test_the_config_is_shipped_with_files_in_one_list(conf):
+    """The job's config goes to spark-submit's --files, added to a --files of
+    SPARK_SUBMIT_ARGS: spark-submit would drop all but the last --files."""
+    assert after(command("ingest", *conf), "--files") == ["conf/cluster.yaml"]
+    argv = command("ingest", *conf, SPARK_SUBMIT_ARGS="--files a.txt,b.txt")
+    assert after(argv, "--files") == ["a.txt,b.txt,conf/cluster.yaml"]
+    argv = command("ingest", *conf, SPARK_SUBMIT_ARGS="--files=a.txt")
+    assert "--files" not in argv and "--files=a.txt,conf/cluster.yaml" in argv
 
 
 def test_spark_submit_args_with_unbalanced_quotes_are_refused():

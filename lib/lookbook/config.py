@@ -274,11 +274,21 @@ def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def config_file(path: str | Path | None) -> Path:
+    """The YAML to read: `path`, else the file of that name in the working directory. In
+    cluster deploy mode the driver runs elsewhere than spark-submit.sh, and YARN and
+    Kubernetes put spark-submit's --files (the config among them) in its working directory."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if path.exists():
+        return path
+    if Path(path.name).is_file():
+        return Path(path.name)
+    raise ConfigError(f"config file not found: {path} (nor {path.name} in the working directory)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file (conf/local.yaml unless given) <- `key=value` overrides."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+    path = config_file(path)
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")

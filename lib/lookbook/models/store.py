@@ -5,7 +5,9 @@ model (`model.keras`: raw RGB of any size -> class probabilities) and `model.jso
 column, the labels in output order, the input size, the feature settings and the split it was
 trained with, when it was made). Training history and metrics are run records: they live in
 the tracking store (MLflow), keyed by the same run id; the pictures of them (training curves,
-`evaluation/`) are written beside the model, for a look without MLflow.
+`evaluation/`) are written beside the model, for a look without MLflow. Evaluate and predict
+add `<sha256 prefix>-model.keras`, a hard link to `model.keras` named by its content: the
+name it is shipped to the executors under (io/files.py).
 
 `latest` is the complete folder made last. A folder is written under a temporary name and
 renamed when complete, so a crash mid-save never leaves a model that `latest` could pick.
