@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -26,18 +27,38 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
     parser.add_argument("--conf", help="YAML config file (default conf/local.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a config key; dotted for nested keys")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(query_argument(argv) if job == "sql" else argv)
     return load_config(args.conf, [job_shorthand(job, item) for item in args.overrides])
 
 
 # Job arguments that are shorthands for config keys: `similar image=x.jpg` = `similar.image=x.jpg`.
 SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",),
-              "vacuum": ("dry_run", "retention_hours"), "refresh": ("retrain",)}
+              "vacuum": ("dry_run", "retention_hours"), "refresh": ("retrain",),
+              "sql": ("query", "file", "out", "params", "max_rows"),
+              "sql_server": ("host", "port", "refresh_seconds")}
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
 def job_shorthand(job: str, item: str) -> str:
-    key = item.split("=", 1)[0]
-    return f"{job}.{item}" if key in SHORTHANDS.get(job, ()) else item
+    section = item.split("=", 1)[0].split(".")[0]  # params.product_id=1 -> sql.params...
+    return f"{job}.{item}" if section in SHORTHANDS.get(job, ()) else item
+
+
+def query_argument(argv: list[str]) -> list[str]:
+    """`sql "SELECT ..."`: the one argument that is neither key=value nor --conf is the query
+    (taken as written: it may start with `--` or hold `=`)."""
+    out, queries, args = [], [], iter(argv)
+    for arg in args:
+        if arg == "--conf":
+            out += [arg, next(args, "")]
+        elif arg.startswith("--conf=") or arg in ("-h", "--help") or OVERRIDE.match(arg):
+            out.append(arg)
+        else:
+            queries.append(arg)
+    if len(queries) > 1:
+        raise ConfigError(f"sql takes one query, in quotes; got {len(queries)} arguments that "
+                          f"are not key=value: {queries}")
+    return out + [f"sql.query={q}" for q in queries]
 
 
 def configure_logging() -> None:
@@ -55,6 +76,7 @@ def run_job(job: str, argv: list[str]) -> None:
     """Entry point of jobs/<job>.py: config, session, the job's steps, a summary, an exit code."""
     from .pipelines.runner import job_steps, pipeline_name, run_job_steps
     from .session import build_spark
+    from .sql.views import SqlError
 
     try:
         cfg = parse_job_args(job, argv)
@@ -65,6 +87,8 @@ def run_job(job: str, argv: list[str]) -> None:
     spark = build_spark(cfg.spark, cfg.tensorflow, cfg.table_engine)
     try:
         done, run_id = run_job_steps(spark, cfg, job, lambda line: print(line, flush=True))
+    except SqlError as exc:
+        sys.exit(f"lookbook {job}: {exc}")
     finally:
         spark.stop()
     if pipeline_name(job, cfg) is not None:

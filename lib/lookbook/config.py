@@ -19,6 +19,7 @@ from .models.split import check_fractions
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.yaml"
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+YAML_NULLS = ("null", "Null", "NULL", "~")
 
 
 class ConfigError(ValueError):
@@ -191,6 +192,30 @@ class VacuumSettings:
 
 
 @dataclass
+class SqlSettings:
+    # `./spark-submit.sh sql "SELECT ..."` (the query) or `sql file=query.sql`; every table is a
+    # view by its name, `name@v3` reads version 3.
+    query: str = ""
+    file: str = ""
+    # Values of the query's `:name` parameters, e.g. params.product_id=15970.
+    params: dict[str, str] = field(default_factory=dict)
+    # Save the whole result: a .csv or .parquet path, written on the driver.
+    out: str = ""
+    # Rows printed; the rest is counted, and `out` saves them.
+    max_rows: int = 50
+
+
+@dataclass
+class SqlServerSettings:
+    # The JDBC/ODBC endpoint (`./spark-submit.sh sql_server`): 127.0.0.1 serves this machine
+    # only; 0.0.0.0 lets BI tools on other machines connect (no authentication: see README).
+    host: str = "127.0.0.1"
+    port: int = 10000
+    # How often the views are moved to the tables' newest versions (after a nightly refresh).
+    refresh_seconds: int = 60
+
+
+@dataclass
 class TrackingSettings:
     # Every job is an MLflow run (pipeline steps are nested runs).
     enabled: bool = True
@@ -221,6 +246,8 @@ class Config:
     tables: TablesSettings = field(default_factory=TablesSettings)
     vacuum: VacuumSettings = field(default_factory=VacuumSettings)
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
+    sql: SqlSettings = field(default_factory=SqlSettings)
+    sql_server: SqlServerSettings = field(default_factory=SqlServerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
@@ -242,6 +269,8 @@ class Config:
                               f"not {self.train.class_weights!r}")
         if self.tables.conflict_retries < 0 or self.vacuum.retention_hours < 0:
             raise ConfigError("tables.conflict_retries and vacuum.retention_hours must be >= 0")
+        if not 0 < self.sql_server.port < 65536 or self.sql.max_rows < 0:
+            raise ConfigError("sql_server.port must be in 1..65535 and sql.max_rows >= 0")
         if self.tables.products_per_file < 1:
             raise ConfigError("tables.products_per_file must be >= 1")
         try:
@@ -298,15 +327,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _build(Config, raw, "").validate()
 
 
-def parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise ConfigError(f"expected key=value, got {item!r}; valid keys: {', '.join(valid_keys())}")
     key, value = item.split("=", 1)
-    # YAML scalars: numbers, booleans and null parse as such; everything else stays a string.
-    return key.strip(), yaml.safe_load(value) if value != "" else ""
+    return key.strip(), value
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def _override_value(text: str, hint) -> Any:
+    """A string setting takes the text as given (a SQL query or a path may hold `: ` or `#`),
+    null aside; any other is a YAML scalar: numbers, booleans, null and [lists] parse as such."""
+    if hint is str and text not in YAML_NULLS:
+        return text
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def _set_dotted(raw: dict, key: str, text: str) -> None:
     parts = key.split(".")
     node, cls = raw, Config
     for i, part in enumerate(parts):
@@ -317,10 +353,10 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
         last = i == len(parts) - 1
         if _origin(hint) is dict and not last:
             # The rest of the key is one free-form entry, e.g. spark.conf.spark.executor.memory
-            node.setdefault(part, {})[".".join(parts[i + 1:])] = value
+            node.setdefault(part, {})[".".join(parts[i + 1:])] = text
             return
         if last:
-            node[part] = value
+            node[part] = _override_value(text, hint)
             return
         if not dataclasses.is_dataclass(hint):
             raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section; cannot set {key!r}")

@@ -38,6 +38,9 @@ def spark_conf(spark: SparkSettings, tf: TensorflowSettings,
         "spark.executorEnv.OMP_NUM_THREADS": threads,
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.python.worker.reuse": "true",
+        # Only the Thrift server (`sql_server`) reads it: every JDBC connection uses the
+        # server's session, so each sees the tables' views.
+        "spark.sql.hive.thriftServer.singleSession": "true",
     }
     if spark.driver_memory:
         conf["spark.driver.memory"] = spark.driver_memory

@@ -5,6 +5,7 @@
     classifier.py  train, evaluate, predict
     similarity.py  neighbours, evaluate_neighbours, duplicates, similar
     maintenance.py vacuum
+    sql.py         sql, sql_server
 
 Every step is a job of its own (`./spark-submit.sh STEP`); `./spark-submit.sh pipeline
 name=NAME` runs one of PIPELINES in order. Domain packages (io, features, models,
@@ -12,7 +13,7 @@ similarity, reports) never import from here.
 """
 from __future__ import annotations
 
-from . import catalogue, classifier, features, maintenance, similarity  # noqa: F401  (register their steps)
+from . import catalogue, classifier, features, maintenance, similarity, sql  # noqa: F401  (register their steps)
 from .base import STEPS, Step, StepResult
 
 __all__ = ["PIPELINES", "STEPS", "Step", "StepResult", "pipeline_steps"]
