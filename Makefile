@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 REAL_DATA ?= ../shared/data/fashion
 DEMO_WAREHOUSE ?= warehouse
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench cluster-env clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,17 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest.py --data-dir $(REAL_DATA)
+
+# A relocatable Python for cluster executors (README: Running on a cluster): the pinned
+# dependencies, packed with venv-pack; lookbook itself travels as --py-files.
+cluster-env: build/lookbook-env.tar.gz
+
+build/lookbook-env.tar.gz: requirements.txt constraints.txt
+	rm -rf build/cluster-venv
+	$(PYTHON) -m venv build/cluster-venv
+	build/cluster-venv/bin/pip install --quiet --upgrade pip "setuptools<70" wheel
+	build/cluster-venv/bin/pip install --quiet -c constraints.txt -r requirements.txt venv-pack
+	build/cluster-venv/bin/venv-pack --quiet --prefix build/cluster-venv --force --output $@
 
 clean:
 	rm -rf build dist warehouse data/synthetic .pytest_cache lib/*.egg-info
