@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,19 @@ from lookbook.io.synthetic import make_catalogue
 from lookbook.session import build_spark
 
 REPO = Path(__file__).resolve().parents[1]
+# Every JVM the tests start (spark-submit jobs, a cluster, beeline, notebooks' sessions) runs
+# for seconds to minutes on 2 cores: C2 compilation costs more CPU than it saves (the cluster
+# test: 488 s -> 250 s with this and its own settings).
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 # A product added to the shared catalogue with the same image bytes as the first product.
 DUPLICATE_ID = 999_001
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def real_data_dir() -> Path:
@@ -65,10 +77,9 @@ def spark():
     session = build_spark(
         SparkSettings(master="local[2]", app_name="lookbook-tests", driver_memory="3g",
                       shuffle_partitions=4,
-                      # A test session is short: C2-compiling Spark's planner costs more CPU
-                      # than it saves (7 % of `make test-fast`); no UI server either.
-                      conf={"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-                            "spark.ui.enabled": "false"}),
+                      # No UI server (JAVA_TOOL_OPTIONS above keeps the JVM from C2: 7 % of
+                      # `make test-fast`).
+                      conf={"spark.ui.enabled": "false"}),
         TensorflowSettings())
     yield session
     session.stop()

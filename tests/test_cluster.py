@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
+from conftest import free_port
 from reference import assert_exact_top_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,9 +31,6 @@ SUBMIT = str(REPO / "spark-submit.sh")
 # with the system python.
 SPARK_HOME = Path(pyspark.__file__).parent
 SITE_PACKAGES = SPARK_HOME.parent
-# Every JVM here (master, workers, executors, driver) runs for minutes on 2 cores: C2
-# compilation costs more CPU than it saves (as for the test session in conftest.py).
-FAST_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1"}
 PER_CLASS = 34  # products per masterCategory in the slice
 MIN_CLASS = 25  # classes with fewer rows (Home: 1) are left out
 K = 5
@@ -45,12 +42,6 @@ class Cluster:
     work_dirs: list[Path]  # the workers': <work dir>/app-*/<executor id>/ per executor
     python: Path  # the executors' Python
     logs: list[Path]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def executor_python(tmp: Path) -> Path:
@@ -75,7 +66,7 @@ def start(command: list, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=log.parent,
-                                env={**os.environ, **FAST_JVM, "SPARK_HOME": str(SPARK_HOME),
+                                env={**os.environ, "SPARK_HOME": str(SPARK_HOME),
                                      "SPARK_LOCAL_IP": "127.0.0.1",
                                      "SPARK_LOG_DIR": str(log.parent)})
 
@@ -155,7 +146,7 @@ def submit(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     out = subprocess.run(
         [SUBMIT, *args, f"spark.master={cluster.master}"], capture_output=True, text=True,
         timeout=600, cwd=REPO,
-        env={**os.environ, **FAST_JVM, "LOOKBOOK_PYTHON": sys.executable,
+        env={**os.environ, "LOOKBOOK_PYTHON": sys.executable,
              "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
              "PYSPARK_PYTHON": str(cluster.python)})
     executor_logs = sorted(f for w in cluster.work_dirs for f in w.glob("app-*/*/stderr"))
