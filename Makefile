@@ -43,7 +43,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -ra --durations=15 tests
 
-# The tests that need neither the real catalogue nor a trained model (about 4.5 minutes).
+# The tests that need neither the real catalogue nor a trained model (about 8.5 minutes on 2 cores).
 test-fast: setup
 	$(PY) -m pytest -ra -m "not real_data and not slow" tests
 
