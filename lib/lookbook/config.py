@@ -19,6 +19,9 @@ from .models.split import check_fractions
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "local.yaml"
 CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
+# Largest allowed augmentation ranges: beyond these a copy stops looking like its product.
+AUGMENT_LIMITS = {"rotation_degrees": 45.0, "width_shift": 0.3, "height_shift": 0.3,
+                  "shear_degrees": 30.0, "zoom": 0.4, "brightness": 0.5}
 YAML_NULLS = ("null", "Null", "NULL", "~")
 
 
@@ -80,6 +83,27 @@ class FeaturizeSettings:
     # average over 2,000 real images but 0.987 at worst, so it stays opt-in.
     precision: str = "fp32"
     rows_per_partition: int = 2048
+
+
+@dataclass
+class AugmentSettings:
+    # `augment` makes copies of the train products of small classes (table `augmented`);
+    # featurize and train use them only when this is on.
+    enabled: bool = False
+    # Each class is raised to min(target_per_class, max_factor x its train products).
+    target_per_class: int = 2000
+    max_factor: float = 5.0
+    # A copy's parameters come from (seed, parent id, copy index) alone.
+    seed: int = 0
+    # Ranges (see lookbook.augment.transforms.TransformRanges), bounded by AUGMENT_LIMITS so
+    # that a copy stays recognisably its product.
+    rotation_degrees: float = 15.0
+    width_shift: float = 0.1
+    height_shift: float = 0.1
+    shear_degrees: float = 8.0
+    zoom: float = 0.1
+    horizontal_flip: bool = True
+    brightness: float = 0.15
 
 
 @dataclass
@@ -235,6 +259,7 @@ class Config:
     spark: SparkSettings = field(default_factory=SparkSettings)
     tensorflow: TensorflowSettings = field(default_factory=TensorflowSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     featurize: FeaturizeSettings = field(default_factory=FeaturizeSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -271,6 +296,15 @@ class Config:
             raise ConfigError("tables.conflict_retries and vacuum.retention_hours must be >= 0")
         if not 0 < self.sql_server.port < 65536 or self.sql.max_rows < 0:
             raise ConfigError("sql_server.port must be in 1..65535 and sql.max_rows >= 0")
+        for key, limit in AUGMENT_LIMITS.items():
+            value = getattr(self.augment, key)
+            if not 0 <= value <= limit:
+                raise ConfigError(f"augment.{key} must be in [0, {limit}] (a copy must stay "
+                                  f"recognisably its product), not {value}")
+        if self.augment.max_factor < 1 or self.augment.target_per_class < 0 \
+                or self.augment.seed < 0:
+            raise ConfigError("augment.max_factor must be >= 1, augment.target_per_class and "
+                              "augment.seed >= 0")
         if self.tables.products_per_file < 1:
             raise ConfigError("tables.products_per_file must be >= 1")
         try:

@@ -19,7 +19,6 @@ from . import tables
 from .tables import SchemaMismatch, Written
 
 BATCH = "lookbook.batch"  # commit metadata: the write that committed a pair of tables together
-CLUSTER_BY = ("product_id",)  # every table's files hold ranges of product ids
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class TableSpec:
     written_with: str | None = None
     # Rows per product: files hold `tables.products_per_file` products' rows, clustered by id.
     rows_per_product: int = 1
+    cluster_by: tuple[str, ...] = ("product_id",)  # the column holding the product id
 
     @property
     def schema(self) -> T.StructType:
@@ -108,6 +108,40 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               ), "feature_rejects"),
     _rejects("feature_rejects", "featurize",
              "Products whose image could not be featurized, with the reason.", "features"),
+    TableSpec("augmented", "Augmented copies of train products of the small classes "
+                           "(`augment`): the classifier trains on originals plus these.",
+              "augment", ("image_key",), (
+                  Column("image_key", STRING, "`<parent_id>:aug<copy_index>`"),
+                  Column("parent_id", LONG, "the product copied (always in the train part)"),
+                  Column("copy_index", INT, "0, 1, ... per parent"),
+                  Column("parent_sha256", STRING, "of the parent's image when copied"),
+                  Column("gender", STRING, "the parent's"),
+                  Column("master_category", STRING, "the parent's"),
+                  Column("sub_category", STRING, "the parent's"),
+                  Column("article_type", STRING, "the parent's"),
+                  Column("image", BINARY, "the copy, PNG, the parent's size"),
+                  Column("sha256", STRING, "of the copy's bytes"),
+                  Column("rotation", FLOAT, "degrees, counter-clockwise"),
+                  Column("shift_x", FLOAT, "fraction of the width, + = right"),
+                  Column("shift_y", FLOAT, "fraction of the height, + = down"),
+                  Column("shear", FLOAT, "degrees"),
+                  Column("zoom", FLOAT, "> 1 enlarges"),
+                  Column("flip", BOOL, "mirrored left-right"),
+                  Column("brightness", FLOAT, "factor, 1 = unchanged"),
+                  Column("settings", STRING, "seed, ranges, target and factor that made it"),
+              ), rows_per_product=5, cluster_by=("parent_id",)),
+    TableSpec("augmented_features", "CNN feature vectors of the augmented copies, one row per "
+                                    "copy and feature settings (as `features`).",
+              "featurize", ("image_key", "backbone", "layers", "weights", "preprocessing",
+                            "height", "width", "precision"), (
+                  Column("image_key", STRING),
+                  Column("parent_id", LONG),
+                  Column("sha256", STRING, "of the copy the vector was computed from"),
+                  *FEATURE_SETTINGS,
+                  Column("preprocessing", STRING, "input normalisation: torch or keras:<backbone>"),
+                  *INPUT_SIZE,
+                  Column("embedding", VECTOR, "raw (not normalised) features"),
+              ), rows_per_product=5, cluster_by=("parent_id",)),
     TableSpec("predictions", "The classifier's prediction for every product.", "predict",
               ("product_id",), (
                   Column("product_id", LONG),
@@ -295,7 +329,7 @@ class Catalog:
         return meta
 
     def _layout(self, spec: TableSpec) -> dict:
-        return {"cluster_by": CLUSTER_BY,
+        return {"cluster_by": spec.cluster_by,
                 "rows_per_file": self.products_per_file * spec.rows_per_product}
 
     def _read_version(self, name: str) -> int | None:
