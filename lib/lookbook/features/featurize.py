@@ -221,23 +221,23 @@ def settings_match(spec: FeatureModelSpec):
                   [F.col(c).eqNullSafe(F.lit(v)) for c, v in spec.settings().items()])
 
 
-def plan_featurize(products: DataFrame, existing: DataFrame | None,
-                   spec: FeatureModelSpec) -> tuple[DataFrame, DataFrame]:
-    """(products still to featurise, existing feature rows to keep).
+def plan_featurize(images: DataFrame, existing: DataFrame | None, spec: FeatureModelSpec,
+                   key: str = "product_id") -> tuple[DataFrame, DataFrame]:
+    """(images still to featurise, existing feature rows to keep), `key` naming an image
+    (a product's id, or an augmented copy's image_key).
 
-    A product is done when a row with the same settings and the same image sha256 exists.
-    Rows of other settings are kept while their product and image are; rows of these
-    settings for images that have changed, products that are gone or embeddings that are not
-    usable are dropped (the last are computed again)."""
+    An image is done when a row with the same settings and the same image sha256 exists.
+    Rows of other settings are kept while their image is; rows of these settings for images
+    that have changed or are gone, or whose embeddings are not usable, are dropped (the
+    last are computed again)."""
     if existing is None:
-        return products, None
+        return images, None
     existing = with_setting_columns(existing)
-    current = products.select("product_id", "sha256")
+    current = images.select(key, "sha256")
     mine = (existing.filter(settings_match(spec)).filter(usable_embedding())
-            .join(current, ["product_id", "sha256"], "left_semi"))
-    others = existing.filter(~settings_match(spec)).join(current, ["product_id", "sha256"],
-                                                          "left_semi")
-    todo = products.join(mine.select("product_id", "sha256"), ["product_id", "sha256"], "left_anti")
+            .join(current, [key, "sha256"], "left_semi"))
+    others = existing.filter(~settings_match(spec)).join(current, [key, "sha256"], "left_semi")
+    todo = images.join(mine.select(key, "sha256"), [key, "sha256"], "left_anti")
     return todo, others.unionByName(mine)
 
 
@@ -249,14 +249,13 @@ def with_setting_columns(existing: DataFrame) -> DataFrame:
     return existing
 
 
-def featurize_products(products: DataFrame, spec: FeatureModelSpec,
-                       rows_per_partition: int) -> DataFrame:
-    """product_id, sha256, settings columns, embedding, error for every product given."""
-    n = products.count()
-    partitions = max(products.sparkSession.sparkContext.defaultParallelism,
+def featurize_products(images: DataFrame, spec: FeatureModelSpec, rows_per_partition: int,
+                       ids: tuple[str, ...] = ("product_id",)) -> DataFrame:
+    """`ids`, sha256, settings columns, embedding, error for every image given."""
+    n = images.count()
+    partitions = max(images.sparkSession.sparkContext.defaultParallelism,
                      -(-n // rows_per_partition))
-    embedded = embed_images(products.select("product_id", "sha256", "image")
-                            .repartition(partitions), spec)
+    embedded = embed_images(images.select(*ids, "sha256", "image").repartition(partitions), spec)
     for name, value in spec.settings().items():
         embedded = embedded.withColumn(name, F.lit(value))
-    return embedded.select("product_id", "sha256", *SETTING_COLUMNS, "embedding", "error")
+    return embedded.select(*ids, "sha256", *SETTING_COLUMNS, "embedding", "error")

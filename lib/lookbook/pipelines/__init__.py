@@ -1,6 +1,7 @@
 """Orchestration: steps by area, and the named pipelines that chain them.
 
     catalogue.py   ingest, report
+    augment.py     augment
     features.py    featurize
     classifier.py  train, evaluate, predict
     similarity.py  neighbours, evaluate_neighbours, duplicates, similar
@@ -13,17 +14,17 @@ similarity, reports) never import from here.
 """
 from __future__ import annotations
 
-from . import catalogue, classifier, features, maintenance, similarity, sql  # noqa: F401  (register their steps)
+from . import augment, catalogue, classifier, features, maintenance, similarity, sql  # noqa: F401  (register their steps)
 from .base import STEPS, Step, StepResult
 
 __all__ = ["PIPELINES", "STEPS", "Step", "StepResult", "pipeline_steps"]
 
 PIPELINES: dict[str, list[str]] = {
-    "full": ["ingest", "featurize", "report", "train", "evaluate", "predict", "neighbours",
+    "full": ["ingest", "augment", "featurize", "report", "train", "evaluate", "predict", "neighbours",
              "evaluate_neighbours", "duplicates"],
     # The nightly job (`./spark-submit.sh refresh`): every step computes only what changed
     # since the tables were last written, and commits nothing when nothing did.
-    "refresh": ["ingest", "featurize", "predict", "neighbours", "duplicates"],
+    "refresh": ["ingest", "augment", "featurize", "predict", "neighbours", "duplicates"],
 }
 RETRAIN_STEPS = ["train", "evaluate"]  # inserted before predict with refresh.retrain=true
 

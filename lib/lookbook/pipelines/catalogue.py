@@ -74,11 +74,15 @@ def report(spark: SparkSession, cfg: Config) -> StepResult:
     samples = plot_samples(sample_per_class(products, cfg.report.samples_per_class),
                            out / "samples.png")
     reasons = rejects.groupBy("reason").count().orderBy(F.desc("count")).toPandas()
-    page = write_html(out / "index.html", "lookbook: catalogue", [
+    sections = [
         ("Products per masterCategory", counts),
         ("Class balance", balance),
         ("Sample images per class", samples),
         ("Rejected inputs by reason", reasons if len(reasons) else "no rejects"),
-    ])
+    ]
+    if cfg.augment.enabled and (out.parent / "augment" / "copies.png").exists():
+        sections.append(("Augmented copies of the train part (counts: ../augment/index.html)",
+                         Path("../augment/copies.png")))
+    page = write_html(out / "index.html", "lookbook: catalogue", sections)
     return StepResult(f"{page}", details=counts.to_string(index=False),
                       metrics={"classes": len(counts)}, artefacts=[out])

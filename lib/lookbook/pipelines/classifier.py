@@ -43,14 +43,31 @@ log = logging.getLogger(__name__)
 
 def training_data(tables: Catalog, cfg: Config, spec: FeatureModelSpec,
                   labels: list[str]) -> DataFrame:
-    """product_id, split, label (index into `labels`), embedding: products with features."""
+    """product_id, split, label (index into `labels`), embedding, copy: products with
+    features, and with augment.enabled their augmented copies' features (train part only)."""
     t, s = cfg.train, cfg.split
+    products = tables.read("products")
     labelled = clf.with_label_index(
-        clf.with_split(tables.read("products").select("product_id", t.label),
-                       s.train, s.validation, s.salt), t.label, labels)
+        clf.with_split(products.select("product_id", t.label), s.train, s.validation, s.salt),
+        t.label, labels)
     features = (tables.read("features").filter(settings_match(spec))
                 .select("product_id", "embedding"))
-    return labelled.join(features, "product_id")
+    data = labelled.join(features, "product_id").withColumn("copy", F.lit(False))
+    if not (cfg.augment.enabled and tables.exists("augmented")
+            and tables.exists("augmented_features")):
+        return data
+    # A copy counts while its parent is a train product with the image it was made from;
+    # its class is the parent's today.
+    parents = products.select("product_id", F.col("sha256").alias("parent_sha256"), t.label)
+    copies = (tables.read("augmented")
+              .select("image_key", F.col("parent_id").alias("product_id"), "parent_sha256")
+              .join(parents, ["product_id", "parent_sha256"]))
+    copy_features = (tables.read("augmented_features").filter(settings_match(spec))
+                     .select("image_key", "embedding"))
+    copies = clf.with_label_index(clf.with_split(copies, s.train, s.validation, s.salt),
+                                  t.label, labels).where(F.col("split") == "train")
+    return data.unionByName(copies.join(copy_features, "image_key").select(
+        "product_id", t.label, "split", "label", "embedding", F.lit(True).alias("copy")))
 
 
 @step("train")
@@ -62,6 +79,7 @@ def train(spark: SparkSession, cfg: Config) -> StepResult:
     data = training_data(tables, cfg, spec, labels).persist()
     counts = {(r["split"], r["label"]): r["count"]
               for r in data.groupBy("split", "label").count().collect()}
+    n_copies = data.where("copy").count()
     train_counts = {i: counts.get(("train", i), 0) for i in range(len(labels))}
     if not sum(train_counts.values()):
         raise RuntimeError(f"no features with this job's settings {spec.settings()}: run "
@@ -70,8 +88,8 @@ def train(spark: SparkSession, cfg: Config) -> StepResult:
         raise RuntimeError("the validation part is empty: the catalogue is too small for "
                            "split.validation; raise it or add products")
     per_part = {part: sum(v for (p, _), v in counts.items() if p == part) for part in PARTS}
-    log.info("train: %d classes, %s", len(labels),
-             ", ".join(f"{part} {n:,}" for part, n in per_part.items()))
+    log.info("train: %d classes, %s (train includes %d augmented copies)", len(labels),
+             ", ".join(f"{part} {n:,}" for part, n in per_part.items()), n_copies)
     weights = clf.class_weights({i: n for i, n in train_counts.items() if n}, t.class_weights)
     weights = {i: weights.get(i, 1.0) for i in range(len(labels))}
 
@@ -98,7 +116,7 @@ def train(spark: SparkSession, cfg: Config) -> StepResult:
     run_id = tracking.active_run_id() or new_run_id()
     info = {"mode": t.mode, "label_column": t.label, "labels": labels,
             "input_size": [spec.height, spec.width], "features": spec.settings(),
-            "split": asdict(cfg.split)}
+            "split": asdict(cfg.split), "train_copies": n_copies}
     folder = save_classifier(model, info, cfg.models_dir, run_id)
     curves = plot_training_curves(finetune_history or history, folder / "training_curves.png")
     best = int(np.argmin(history["val_loss"]))
@@ -108,11 +126,14 @@ def train(spark: SparkSession, cfg: Config) -> StepResult:
     return StepResult(
         f"model {run_id}, validation accuracy {validation['best_val_accuracy']:.4f}",
         details=(f"model {run_id} in {folder}: best epoch {best + 1}, validation loss "
-                 f"{validation['best_val_loss']:.4f}, accuracy {validation['best_val_accuracy']:.4f}"),
+                 f"{validation['best_val_loss']:.4f}, accuracy {validation['best_val_accuracy']:.4f}"
+                 f"; trained on {per_part['train']:,} examples, {n_copies:,} of them augmented "
+                 f"copies"),
         params={**spec_params(spec), "model": run_id, "model_folder": str(folder), "labels": labels,
                 **{f"class_weight.{labels[i]}": round(w, 4) for i, w in weights.items()}},
         metrics={"best_epoch": best + 1, **validation, "train_seconds": seconds,
-                 **{f"examples.{part}": n for part, n in per_part.items()}},
+                 **{f"examples.{part}": n for part, n in per_part.items()},
+                 "examples.train_copies": n_copies},
         history={**history, **{f"finetune.{k}": v for k, v in finetune_history.items()}},
         artefacts=[curves, folder / "model.json"],
         model=ModelToLog(folder / MODEL_FILE, labels))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -42,33 +43,89 @@ def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str,
             .join(products, "product_id"))
 
 
+@dataclass
+class FeaturizePlan:
+    """What featurize does to one features table: images to compute, rows to keep, rows that
+    leave (persisted; `release` when done)."""
+    todo: DataFrame
+    keep: DataFrame | None
+    stale: DataFrame | None
+    kept: int
+    n_stale: int
+
+    def release(self) -> None:
+        if self.stale is not None:
+            self.stale.unpersist()
+
+
+def plan_table(tables: Catalog, name: str, images: DataFrame, spec: FeatureModelSpec,
+               key: str) -> FeaturizePlan:
+    existing = tables.read_latest(name) if tables.exists(name) else None
+    todo, keep = plan_featurize(images, existing, spec, key)
+    if existing is None:
+        return FeaturizePlan(todo, None, None, 0, 0)
+    keys = list(table_spec(name).keys)
+    stale = with_setting_columns(existing).select(*keys).exceptAll(keep.select(*keys)).persist()
+    return FeaturizePlan(todo, keep, stale, keep.filter(settings_match(spec)).count(),
+                         stale.count())
+
+
+def featurize_copies(tables: Catalog, spec: FeatureModelSpec, rows_per_partition: int,
+                     meta: dict[str, str]) -> tuple[DataFrame, DataFrame, str]:
+    """Features of the augmented copies into `augmented_features` (same settings and rules
+    as the products'): (the computed rows, persisted: unpersist them once the failures are
+    written; the failures as feature_rejects rows; a summary)."""
+    copies = tables.read("augmented").select("image_key", "parent_id", "sha256", "image")
+    plan = plan_table(tables, "augmented_features", copies, spec, "image_key")
+    new = featurize_products(plan.todo, spec, rows_per_partition,
+                             ("image_key", "parent_id")).persist()
+    n_new = new.count()
+    good = new.where(F.col("error").isNull()).drop("error")
+    if plan.stale is None:
+        tables.write("augmented_features", good, metadata=meta)
+    else:
+        tables.merge("augmented_features", good, plan.stale, metadata=meta)
+    failed = new.where(F.col("error").isNotNull()).select(
+        F.col("parent_id").alias("product_id"),
+        F.concat(F.lit("augmented/"), F.col("image_key")).alias("source"),
+        F.col("error").alias("reason"), F.lit(settings_detail(spec)).alias("detail"))
+    n_failed = failed.count()
+    plan.release()
+    return new, failed, (f"copies: {n_new - n_failed:,} computed, {plan.kept:,} already done, "
+                         f"{n_failed:,} failed")
+
+
+def settings_detail(spec: FeatureModelSpec) -> str:
+    """How a feature_rejects row names the settings it failed with."""
+    return " ".join(str(v) for v in spec.settings().values())
+
+
 @step("featurize")
 def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     """Features for every product that has none with these settings for its current image;
     rows of gone products and changed images leave. Only files holding changed rows are
-    rewritten."""
+    rewritten. With augment.enabled, the augmented copies' too (`augmented_features`)."""
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
-    existing = tables.read_latest("features") if tables.exists("features") else None
-    products = tables.read("products")
-    todo, keep = plan_featurize(products, existing, spec)
-    kept = keep.filter(settings_match(spec)).count() if keep is not None else 0
-    keys = list(table_spec("features").keys)
-    stale = (with_setting_columns(existing).select(*keys).exceptAll(keep.select(*keys)).persist()
-             if existing is not None else None)
-    n_stale = stale.count() if stale is not None else 0
+    meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
+    detail = settings_detail(spec)
+    copies, copy_failures, copy_summary = None, None, ""
+    if cfg.augment.enabled and tables.exists("augmented"):
+        copies, copy_failures, copy_summary = featurize_copies(
+            tables, spec, cfg.featurize.rows_per_partition, meta)
+    plan = plan_table(tables, "features", tables.read("products"), spec, "product_id")
     started = time.time()
-    new = featurize_products(todo, spec, cfg.featurize.rows_per_partition).persist()
+    new = featurize_products(plan.todo, spec, cfg.featurize.rows_per_partition).persist()
     n_new = new.count()
     seconds = time.time() - started
     n_failed = new.filter(F.col("error").isNotNull()).count()
-    detail = " ".join(str(v) for v in spec.settings().values())
     failures = new.filter(F.col("error").isNotNull()).select(
         "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
         F.lit(detail).alias("detail"))
+    if copy_failures is not None:
+        failures = failures.unionByName(copy_failures)
     good = new.filter(F.col("error").isNull()).drop("error")
-    meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
-    if existing is None or not tables.exists("feature_rejects"):
+    if plan.stale is None or not tables.exists("feature_rejects"):
         outputs = tables.write_together({"features": good, "feature_rejects": failures},
                                         metadata=meta)
     else:
@@ -77,23 +134,26 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
         rejects = tables.read_latest("feature_rejects").where(
             ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
         written = tables.merge_together({
-            "features": (good, stale, None),
+            "features": (good, plan.stale, None),
             "feature_rejects": tables.differences("feature_rejects", rejects)}, metadata=meta)
         outputs = committed(written)
     new.unpersist()
-    if stale is not None:
-        stale.unpersist()
+    plan.release()
+    if copies is not None:
+        copies.unpersist()
+        outputs.update(committed({"augmented_features": tables.written["augmented_features"]}))
     computed = n_new - n_failed
     return StepResult(
-        f"{computed:,} computed, {kept:,} already done, {n_failed:,} failed"
-        + (f", {n_stale:,} stale dropped" if n_stale else "")
+        f"{computed:,} computed, {plan.kept:,} already done, {n_failed:,} failed"
+        + (f", {plan.n_stale:,} stale dropped" if plan.n_stale else "")
+        + (f"; {copy_summary}" if copy_summary else "")
         + ("" if outputs else "; nothing committed"),
         details=(f"{spec.backbone} ({spec.layers}) {spec.height}x{spec.width} {spec.precision}, "
                  f"weights: {spec.weights}, preprocessing: {spec.preprocessing}\n"
                  + written_summary(tables.written)),
         params=spec_params(spec),
-        metrics={"computed": computed, "reused": kept, "failed": n_failed, "stale": n_stale,
+        metrics={"computed": computed, "reused": plan.kept, "failed": n_failed,
+                 "stale": plan.n_stale,
                  "images_per_second": n_new / seconds if n_new and seconds else 0.0,
                  **written_metrics(tables.written)},
         outputs=outputs)
-

@@ -1,0 +1,129 @@
+"""The augment step: copies of the small classes' train products, for the classifier."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from ..augment.copies import class_rates, make_copies, with_copy_counts
+from ..augment.plan import LABEL_COLUMNS, plan_copies, train_parents
+from ..augment.transforms import TransformRanges
+from ..config import AugmentSettings, Config
+from ..io.catalog import Catalog
+from ..io.ingest import catalogue_changes
+from ..reports.augment import counts_table, gallery_parents, plot_copies
+from ..reports.html import write_html
+from .base import (
+    StepResult,
+    catalog,
+    input_versions,
+    recorded_inputs,
+    step,
+    written_metrics,
+    written_summary,
+)
+
+SETTINGS_KEY = "lookbook.augment_settings"
+
+
+def transform_ranges(a: AugmentSettings) -> TransformRanges:
+    return TransformRanges(a.rotation_degrees, a.width_shift, a.height_shift, a.shear_degrees,
+                           a.zoom, a.horizontal_flip, a.brightness)
+
+
+def settings_label(cfg: Config) -> str:
+    """Everything that decides which copies exist and what they look like: a copy made with
+    other settings is made again."""
+    a, s = cfg.augment, cfg.split
+    return (f"seed={a.seed} target={a.target_per_class} max_factor={a.max_factor} "
+            f"label={cfg.train.label} split={s.train}/{s.validation}/{s.salt} "
+            + transform_ranges(a).label())
+
+
+def changed_since(tables: Catalog, settings: str):
+    """Product ids new or changed since the products version the table was made from, or
+    None when every candidate is to be considered (first run, other settings, version gone)."""
+    recorded = recorded_inputs(tables, "augmented")
+    since = recorded.get("lookbook.input.products")
+    if (since is None or recorded.get(SETTINGS_KEY) != settings
+            or not tables.readable("products", int(since))):
+        return None, None
+    changes = catalogue_changes(tables.read("products"), tables.read("products", int(since)))
+    return changes.where("change != 'deleted'").select("product_id"), int(since)
+
+
+@step("augment")
+def augment(spark: SparkSession, cfg: Config) -> StepResult:
+    """Copies of the train products of classes below the target: new and changed products'
+    only once the table exists; copies of products that left the train part, changed, or
+    whose class no longer gets copies leave."""
+    a = cfg.augment
+    if not a.enabled:
+        return StepResult("off (augment.enabled=false): no copies made; featurize and train "
+                          "use the originals only")
+    tables = catalog(spark, cfg)
+    label, s = cfg.train.label, cfg.split
+    settings = settings_label(cfg)
+    parents = train_parents(tables.read("products"), label, s.train, s.validation, s.salt)
+    train_counts = {r[label]: r["count"] for r in parents.groupBy(label).count().collect()}
+    rates = class_rates(train_counts, a.target_per_class, a.max_factor)
+    growing = [name for name, rate in rates.items() if rate > 1]
+    candidates = with_copy_counts(parents.where(F.col(label).isin(growing)), label, rates, a.seed)
+    existing = tables.read_latest("augmented") if tables.exists("augmented") else None
+    changed, since = changed_since(tables, settings) if existing is not None else (None, None)
+    todo, leaving = plan_copies(candidates, existing, settings, changed)
+    todo = todo.select("product_id", F.col("sha256").alias("parent_sha256"),
+                       *LABEL_COLUMNS, "image", "copies")
+    n_todo = todo.agg(F.sum("copies")).first()[0] or 0
+    partitions = max(spark.sparkContext.defaultParallelism, -(-n_todo // 1024))
+    started = time.time()
+    made = make_copies(todo, a.seed, transform_ranges(a), partitions).persist()
+    failed = made.where(F.col("error").isNotNull()).select("image_key", "error").collect()
+    new = (made.where(F.col("error").isNull()).drop("error")
+           .withColumn("sha256", F.sha2("image", 256)).withColumn("settings", F.lit(settings)))
+    meta = {SETTINGS_KEY: settings, **input_versions(tables, "products")}
+    if existing is None:
+        tables.write("augmented", new, metadata=meta)
+    else:
+        tables.merge("augmented", new, leaving, match_on=("parent_id",), metadata=meta)
+    seconds = time.time() - started
+    made.unpersist()
+    written = tables.written["augmented"]
+    now = tables.read("augmented") if written.version is not None else existing
+    copies = {r[label]: r["count"] for r in now.groupBy(label).count().collect()}
+    table = counts_table(train_counts, copies, rates)
+    page = write_report(tables, now, table, label, Path(cfg.reports_dir) / "augment",
+                        cfg.report.samples_per_class)
+    how = "every candidate" if since is None else f"new and changed since products version {since}"
+    # A parent passed ingest's full decode, so a copy that fails is a bug: each is named.
+    failures = "".join(f"copy {key} failed: {error}\n" for key, error in failed)
+    return StepResult(
+        f"{sum(copies.values()):,} copies of train products in {len(copies)} classes "
+        f"({n_todo - len(failed):,} made for {how}, {len(failed)} failed)"
+        + ("" if written.version is not None else "; nothing committed"),
+        details=f"{failures}{table.to_string(index=False)}\nreport: {page}\n"
+                + written_summary(tables.written),
+        params={"augment_settings": settings},
+        metrics={"made": n_todo - len(failed), "failed": len(failed), "copies": sum(copies.values()),
+                 "copies_per_second": n_todo / seconds if n_todo and seconds else 0.0,
+                 **{f"train.{name}": n for name, n in train_counts.items()},
+                 **{f"copies.{name}": n for name, n in copies.items()},
+                 **written_metrics(tables.written)},
+        outputs={"augmented": written.version} if written.version is not None else {},
+        artefacts=[page.parent])
+
+
+def write_report(tables: Catalog, augmented, table, label: str, out: Path,
+                 per_class: int) -> Path:
+    """reports/augment: counts per class before and after, and parents beside their copies."""
+    ids = gallery_parents(augmented, label, min(per_class, 3))
+    parents = (tables.read("products").where(F.col("product_id").isin(ids))
+               .select("product_id", label, "image").toPandas())
+    copies = augmented.where(F.col("parent_id").isin(ids)).toPandas()
+    gallery = plot_copies(parents, copies, label, out / "copies.png")
+    return write_html(out / "index.html", "lookbook: augmented copies", [
+        ("Train products and copies per class", table),
+        ("Parents (left) beside their copies", gallery),
+    ])
