@@ -27,6 +27,8 @@ from lookbook.augment.transforms import (  # noqa: E402
     augment_image,
     copy_parameters,
 )
+from lookbook.config import AugmentSettings  # noqa: E402
+from lookbook.pipelines.augment import transform_ranges  # noqa: E402
 
 
 def parent_images(data_dir: Path, n: int) -> list[tuple[int, bytes]]:
@@ -34,7 +36,8 @@ def parent_images(data_dir: Path, n: int) -> list[tuple[int, bytes]]:
     return [(int(p.stem), p.read_bytes()) for p in files]
 
 
-def plain_python(parents: list[tuple[int, bytes]], copies: int, ranges: TransformRanges) -> dict:
+def plain_python(parents: list[tuple[int, bytes]], copies: int,
+                 ranges: TransformRanges) -> dict:
     return {f"{pid}:aug{i}": augment_image(data, copy_parameters(0, pid, i, ranges))
             for pid, data in parents for i in range(copies)}
 
@@ -47,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     print(cpu_line())
     parents = parent_images(Path(args.data_dir), args.parents)
-    ranges = TransformRanges()
+    ranges = transform_ranges(AugmentSettings())  # the config's defaults
     n = len(parents) * args.copies
     print(f"{len(parents):,} real parents x {args.copies} copies = {n:,} copies")
 

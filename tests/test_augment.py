@@ -14,20 +14,17 @@ from deltalake import DeltaTable
 from PIL import Image
 
 from lookbook.augment.copies import class_rates, copies_column, copies_of_parent, make_copies
-from lookbook.augment.transforms import (
-    CopyParameters,
-    TransformRanges,
-    augment_image,
-    copy_parameters,
-)
+from lookbook.augment.transforms import CopyParameters, augment_image, copy_parameters
+from lookbook.config import AugmentSettings
 from lookbook.io.catalog import Catalog
 from lookbook.models.split import split_of
-from lookbook.pipelines.augment import augment
+from lookbook.pipelines.augment import augment, transform_ranges
 from lookbook.pipelines.catalogue import ingest
 
 from conftest import config_for
 
 AUGMENT = ("augment.enabled=true", "augment.target_per_class=20", "augment.max_factor=3")
+RANGES = transform_ranges(AugmentSettings())  # the config's defaults
 IDENTITY = CopyParameters(0.0, 0.0, 0.0, 0.0, 1.0, False, 1.0)
 
 
@@ -48,7 +45,7 @@ def rows(warehouse: str, table: str) -> list[dict]:
 # --- one copy --------------------------------------------------------------------------------
 
 def test_parameters_come_from_seed_parent_and_index_and_stay_in_their_ranges():
-    ranges = TransformRanges()
+    ranges = RANGES
     draws = [copy_parameters(0, pid, i, ranges) for pid in range(100, 300) for i in range(3)]
     assert copy_parameters(0, 150, 1, ranges) == copy_parameters(0, 150, 1, ranges)
     assert copy_parameters(1, 150, 1, ranges) != copy_parameters(0, 150, 1, ranges)
@@ -67,12 +64,12 @@ def test_parameters_come_from_seed_parent_and_index_and_stay_in_their_ranges():
 def test_a_copy_is_the_same_png_every_time_at_the_parents_size():
     rng = np.random.default_rng(3)
     parent = png(Image.fromarray(rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)))
-    p = copy_parameters(0, 7, 0, TransformRanges())
+    p = copy_parameters(0, 7, 0, RANGES)
     first, second = augment_image(parent, p), augment_image(parent, p)
     assert first == second
     img = Image.open(io.BytesIO(first))
     assert (img.format, img.mode, img.size) == ("PNG", "RGB", (60, 80))
-    assert augment_image(parent, copy_parameters(0, 7, 1, TransformRanges())) != first
+    assert augment_image(parent, copy_parameters(0, 7, 1, RANGES)) != first
 
 
 def test_identity_parameters_give_the_parent_back():
@@ -116,7 +113,7 @@ def test_the_kinds_move_the_picture_the_way_they_say():
 def test_greyscale_and_transparent_parents_give_rgb_copies():
     grey = png(Image.new("L", (60, 80), 90))
     rgba = png(Image.new("RGBA", (60, 80), (0, 0, 0, 0)))
-    p = copy_parameters(0, 1, 0, TransformRanges())
+    p = copy_parameters(0, 1, 0, RANGES)
     assert Image.open(io.BytesIO(augment_image(grey, p))).mode == "RGB"
     # Transparent is the white background, as for featurize.
     assert (pixels(augment_image(rgba, replace(IDENTITY, brightness=1.0))) == 255).all()
@@ -152,7 +149,7 @@ def test_copies_do_not_depend_on_the_partitioning(spark, featurized):
     tables = Catalog(spark, featurized.warehouse)
     parents = (tables.read("products").orderBy("product_id").limit(12)
                .withColumn("copies", F.lit(3)))
-    ranges = TransformRanges()
+    ranges = RANGES
     one = make_copies(parents, 0, ranges, 1).select("image_key", "image").toPandas()
     many = make_copies(parents, 0, ranges, 7).select("image_key", "image").toPandas()
     assert len(one) == 36
@@ -200,7 +197,7 @@ def test_a_copy_is_its_parents_image_transformed_by_its_own_parameters(augmented
     """Recomputed here, in one plain Python process: the same bytes as Spark's workers made."""
     cfg, _ = augmented
     products = {r["product_id"]: r for r in rows(cfg.warehouse, "products")}
-    ranges = TransformRanges()  # the defaults the fixture runs with
+    ranges = RANGES  # the fixture runs with the defaults
     for c in rows(cfg.warehouse, "augmented"):
         parent = products[c["parent_id"]]
         p = copy_parameters(0, c["parent_id"], c["copy_index"], ranges)

@@ -26,14 +26,14 @@ class TransformRanges:
     """Each parameter is drawn uniformly from its range: rotation in +-rotation_degrees,
     shifts in +-fraction of the width/height, shear in +-shear_degrees, zoom in 1 +- zoom (one
     factor for both axes, so proportions stay), brightness in 1 +- brightness; the flip is a
-    coin toss when horizontal_flip."""
-    rotation_degrees: float = 15.0
-    width_shift: float = 0.1
-    height_shift: float = 0.1
-    shear_degrees: float = 8.0
-    zoom: float = 0.1
-    horizontal_flip: bool = True
-    brightness: float = 0.15
+    coin toss when horizontal_flip. The defaults are the config's (`augment.*`)."""
+    rotation_degrees: float
+    width_shift: float
+    height_shift: float
+    shear_degrees: float
+    zoom: float
+    horizontal_flip: bool
+    brightness: float
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in asdict(self).items())

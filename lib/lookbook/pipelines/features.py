@@ -45,10 +45,9 @@ def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str,
 
 @dataclass
 class FeaturizePlan:
-    """What featurize does to one features table: images to compute, rows to keep, rows that
-    leave (persisted; `release` when done)."""
+    """What featurize does to one features table: images to compute, rows that leave
+    (persisted; `release` when done), how many rows of these settings are reused."""
     todo: DataFrame
-    keep: DataFrame | None
     stale: DataFrame | None
     kept: int
     n_stale: int
@@ -63,18 +62,18 @@ def plan_table(tables: Catalog, name: str, images: DataFrame, spec: FeatureModel
     existing = tables.read_latest(name) if tables.exists(name) else None
     todo, keep = plan_featurize(images, existing, spec, key)
     if existing is None:
-        return FeaturizePlan(todo, None, None, 0, 0)
+        return FeaturizePlan(todo, None, 0, 0)
     keys = list(table_spec(name).keys)
     stale = with_setting_columns(existing).select(*keys).exceptAll(keep.select(*keys)).persist()
-    return FeaturizePlan(todo, keep, stale, keep.filter(settings_match(spec)).count(),
+    return FeaturizePlan(todo, stale, keep.filter(settings_match(spec)).count(),
                          stale.count())
 
 
 def featurize_copies(tables: Catalog, spec: FeatureModelSpec, rows_per_partition: int,
-                     meta: dict[str, str]) -> tuple[DataFrame, DataFrame, str]:
+                     meta: dict[str, str]) -> tuple[DataFrame, DataFrame, dict[str, int]]:
     """Features of the augmented copies into `augmented_features` (same settings and rules
     as the products'): (the computed rows, persisted: unpersist them once the failures are
-    written; the failures as feature_rejects rows; a summary)."""
+    written; the failures as feature_rejects rows; counts)."""
     copies = tables.read("augmented").select("image_key", "parent_id", "sha256", "image")
     plan = plan_table(tables, "augmented_features", copies, spec, "image_key")
     new = featurize_products(plan.todo, spec, rows_per_partition,
@@ -91,8 +90,8 @@ def featurize_copies(tables: Catalog, spec: FeatureModelSpec, rows_per_partition
         F.col("error").alias("reason"), F.lit(settings_detail(spec)).alias("detail"))
     n_failed = failed.count()
     plan.release()
-    return new, failed, (f"copies: {n_new - n_failed:,} computed, {plan.kept:,} already done, "
-                         f"{n_failed:,} failed")
+    return new, failed, {"copies_computed": n_new - n_failed, "copies_reused": plan.kept,
+                         "copies_failed": n_failed, "copies_stale": plan.n_stale}
 
 
 def settings_detail(spec: FeatureModelSpec) -> str:
@@ -109,9 +108,9 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     spec = feature_spec(spark, cfg)
     meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
     detail = settings_detail(spec)
-    copies, copy_failures, copy_summary = None, None, ""
+    copies, copy_failures, copy_counts = None, None, {}
     if cfg.augment.enabled and tables.exists("augmented"):
-        copies, copy_failures, copy_summary = featurize_copies(
+        copies, copy_failures, copy_counts = featurize_copies(
             tables, spec, cfg.featurize.rows_per_partition, meta)
     plan = plan_table(tables, "features", tables.read("products"), spec, "product_id")
     started = time.time()
@@ -146,14 +145,15 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     return StepResult(
         f"{computed:,} computed, {plan.kept:,} already done, {n_failed:,} failed"
         + (f", {plan.n_stale:,} stale dropped" if plan.n_stale else "")
-        + (f"; {copy_summary}" if copy_summary else "")
+        + ("; copies: {copies_computed:,} computed, {copies_reused:,} already done, "
+           "{copies_failed:,} failed".format(**copy_counts) if copy_counts else "")
         + ("" if outputs else "; nothing committed"),
         details=(f"{spec.backbone} ({spec.layers}) {spec.height}x{spec.width} {spec.precision}, "
                  f"weights: {spec.weights}, preprocessing: {spec.preprocessing}\n"
                  + written_summary(tables.written)),
         params=spec_params(spec),
         metrics={"computed": computed, "reused": plan.kept, "failed": n_failed,
-                 "stale": plan.n_stale,
+                 "stale": plan.n_stale, **copy_counts,
                  "images_per_second": n_new / seconds if n_new and seconds else 0.0,
                  **written_metrics(tables.written)},
         outputs=outputs)
