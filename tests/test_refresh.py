@@ -170,7 +170,8 @@ def test_a_refresh_killed_midway_is_completed_by_the_next(spark, warehouse_copy,
                      Path(warehouse_copy.featurize.weights_cache), "train.epochs=2")
     model = train(spark, cfg).params["model"]
     first, _ = run_job_steps(spark, cfg, "refresh", lambda line: None)  # predictions, neighbours
-    assert [d.name for d in first] == ["ingest", "featurize", "predict", "neighbours", "duplicates"]
+    assert [d.name for d in first] == ["ingest", "augment", "featurize", "predict", "neighbours",
+                                      "duplicates"]
     tables = Catalog(spark, cfg.warehouse)
     predicted = tables.read("predictions").toPandas().set_index("product_id")
     changed = change_catalogue(catalogue, product_ids(spark, cfg.warehouse))
