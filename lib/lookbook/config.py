@@ -88,7 +88,8 @@ class FeaturizeSettings:
 @dataclass
 class AugmentSettings:
     # `augment` makes copies of the train products of small classes (table `augmented`);
-    # featurize and train use them only when this is on.
+    # featurize and train use them only when this is on. Off: on the real catalogue copies
+    # did not raise accuracy or macro-F1 (3 seeds), only a tiny class's recall (README).
     enabled: bool = False
     # Each class is raised to min(target_per_class, max_factor x its train products).
     target_per_class: int = 2000
