@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from .transforms import TransformRanges, augment_image, copy_parameters
-
-PARAMETER_COLUMNS = ("rotation", "shift_x", "shift_y", "shear", "zoom", "flip", "brightness")
-_HEX_DIGITS = 15
+from ..models.split import hash_fraction_column
+from .transforms import CopyParameters, TransformRanges, augment_image, copy_parameters, hash_unit
 
 
 def class_rates(train_counts: dict[str, int], target: int, max_factor: float) -> dict[str, float]:
@@ -33,8 +31,6 @@ def class_rates(train_counts: dict[str, int], target: int, max_factor: float) ->
 
 def copies_of_parent(rate: float, seed: int, parent_id: int) -> int:
     """The pure-Python twin of `copies_column`."""
-    from .transforms import hash_unit
-
     extra = rate - 1
     whole = math.floor(extra + 1e-9)
     return whole + int(hash_unit(seed, parent_id, "copies") < extra - whole)
@@ -43,8 +39,7 @@ def copies_of_parent(rate: float, seed: int, parent_id: int) -> int:
 def copies_column(rate: Column, seed: int, parent_id: str) -> Column:
     """Copies per parent (see `copies_of_parent`), as a Spark column."""
     key = F.concat_ws(":", F.lit(str(seed)), F.col(parent_id).cast("string"), F.lit("copies"))
-    u = F.conv(F.substring(F.sha2(key, 256), 1, _HEX_DIGITS), 16, 10).cast("double") \
-        / float(16 ** _HEX_DIGITS)
+    u = hash_fraction_column(key)  # hash_unit(seed, parent_id, "copies")
     extra = rate - F.lit(1.0)
     whole = F.floor(extra + F.lit(1e-9))
     return (whole + F.when(u < extra - whole, 1).otherwise(0)).cast("int")
@@ -58,14 +53,10 @@ def with_copy_counts(parents: DataFrame, label: str, rates: dict[str, float],
                                                       "product_id"))
 
 
-def image_key(parent_id: int, copy_index: int) -> str:
-    return f"{parent_id}:aug{copy_index}"
-
-
 COPY_SCHEMA = T.StructType([
     T.StructField("image", T.BinaryType()),
-    *[T.StructField(c, T.BooleanType() if c == "flip" else T.FloatType())
-      for c in PARAMETER_COLUMNS],
+    *[T.StructField(f.name, T.BooleanType() if f.type == "bool" else T.FloatType())
+      for f in fields(CopyParameters)],
     T.StructField("error", T.StringType()),
 ])
 

@@ -8,7 +8,6 @@ random generator's state, so a copy is the same whichever worker, partition or o
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from dataclasses import asdict, dataclass
@@ -16,9 +15,9 @@ from dataclasses import asdict, dataclass
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..io.images import to_rgb
+from ..models.split import hash_fraction
 
 WHITE = (255, 255, 255)  # the catalogue's background: what a transform exposes is filled so
-_HEX_DIGITS = 15  # 60 bits: exact in a double and in a Spark long
 
 
 @dataclass(frozen=True)
@@ -51,9 +50,8 @@ class CopyParameters:
 
 
 def hash_unit(*parts: object) -> float:
-    """A number in [0, 1) from the parts alone: the first 60 bits of sha256("p1:p2:...")."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()
-    return int(digest[:_HEX_DIGITS], 16) / 16 ** _HEX_DIGITS
+    """A number in [0, 1) from the parts alone: `hash_fraction` of "p1:p2:..."."""
+    return hash_fraction(":".join(str(p) for p in parts))
 
 
 def copy_parameters(seed: int, parent_id: int, copy_index: int,

@@ -26,10 +26,22 @@ def check_fractions(train: float, validation: float) -> None:
                          f"< 1 (test gets the rest); got train={train}, validation={validation}")
 
 
+def hash_fraction(text: str) -> float:
+    """A number in [0, 1) from `text` alone: the first 60 bits of its sha256. The
+    pure-Python twin of `hash_fraction_column`."""
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return int(digest[:_HEX_DIGITS], 16) / 16 ** _HEX_DIGITS
+
+
+def hash_fraction_column(text: Column) -> Column:
+    """`hash_fraction` of a string column, as a Spark column."""
+    digits = F.substring(F.sha2(text, 256), 1, _HEX_DIGITS)
+    return F.conv(digits, 16, 10).cast("double") / float(16 ** _HEX_DIGITS)
+
+
 def split_fraction(product_id: int, salt: str = "") -> float:
     """u in [0, 1) for one product: the pure-Python twin of `split_column`."""
-    digest = hashlib.sha256(f"{salt}{product_id}".encode()).hexdigest()
-    return int(digest[:_HEX_DIGITS], 16) / 16 ** _HEX_DIGITS
+    return hash_fraction(f"{salt}{product_id}")
 
 
 def split_of(product_id: int, train: float = 0.8, validation: float = 0.1, salt: str = "") -> str:
@@ -44,8 +56,7 @@ def split_column(product_id: Column | str, train: float = 0.8, validation: float
     check_fractions(train, validation)
     key = F.concat(F.lit(salt), F.col(product_id).cast("string")
                    if isinstance(product_id, str) else product_id.cast("string"))
-    digits = F.substring(F.sha2(key, 256), 1, _HEX_DIGITS)
-    u = F.conv(digits, 16, 10).cast("double") / float(16 ** _HEX_DIGITS)
+    u = hash_fraction_column(key)
     return (F.when(u < train, "train")
             .when(u < train + validation, "validation")
             .otherwise("test"))

@@ -74,8 +74,9 @@ def augment(spark: SparkSession, cfg: Config) -> StepResult:
     existing = tables.read_latest("augmented") if tables.exists("augmented") else None
     changed, since = changed_since(tables, settings) if existing is not None else (None, None)
     todo, leaving = plan_copies(candidates, existing, settings, changed)
+    # Persisted: counted here, then copied (the plan reads products and the table).
     todo = todo.select("product_id", F.col("sha256").alias("parent_sha256"),
-                       *LABEL_COLUMNS, "image", "copies")
+                       *LABEL_COLUMNS, "image", "copies").persist()
     n_todo = todo.agg(F.sum("copies")).first()[0] or 0
     partitions = max(spark.sparkContext.defaultParallelism, -(-n_todo // 1024))
     started = time.time()
@@ -90,6 +91,7 @@ def augment(spark: SparkSession, cfg: Config) -> StepResult:
         tables.merge("augmented", new, leaving, match_on=("parent_id",), metadata=meta)
     seconds = time.time() - started
     made.unpersist()
+    todo.unpersist()
     written = tables.written["augmented"]
     now = tables.read("augmented") if written.version is not None else existing
     copies = {r[label]: r["count"] for r in now.groupBy(label).count().collect()}
