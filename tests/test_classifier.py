@@ -1,7 +1,9 @@
 """The classifier: class weights, the Petastorm feed (a real fit), train / evaluate / predict
 steps on a synthetic catalogue with the real ImageNet VGG16, the saved model's round trip in a
 fresh process, its any-size input, and fine-tuning on a slice."""
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,16 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lookbook.features.featurize import featurize_products
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
 from lookbook.models import classifier as clf
 from lookbook.models.feed import Feed
 from lookbook.models.metrics import classification_metrics
 from lookbook.models.split import split_of
-from lookbook.models.store import find_model, load_model
+from lookbook.models.store import TrainedClassifier, find_model, load_model
 from lookbook.pipelines.classifier import evaluate, predict, train
+from lookbook.pipelines.features import feature_spec
 
 from conftest import REPO, config_for
 
@@ -210,6 +214,57 @@ def test_saved_model_takes_any_size_and_equals_head_on_features(spark, trained):
         probabilities = model.predict(big, verbose=0)
         assert probabilities.shape == (4, len(run.labels))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_predict_applies_the_head_to_stored_features_and_the_model_to_the_rest(
+        spark, trained, warehouse_copy):
+    _, _, run = trained
+    shutil.copytree(run.folder, Path(warehouse_copy.models_dir) / run.run_id, dirs_exist_ok=True)
+    tables = Catalog(spark, warehouse_copy.warehouse)
+    features = tables.read("features")
+    ids = sorted(r["product_id"] for r in features.select("product_id").collect())
+    missing = ids[::5]  # these products' features are gone: their images must be classified
+    tables.write("features", features.where(~F.col("product_id").isin(missing)))
+    for name in ("predictions", "prediction_rejects"):  # every product predicted, not a delta
+        shutil.rmtree(Path(warehouse_copy.warehouse) / name, ignore_errors=True)
+    result = predict(spark, warehouse_copy)
+    assert result.metrics["from_images"] == len(missing)
+    assert result.metrics["from_features"] == len(ids) - len(missing)
+    assert result.metrics["failed"] == 0
+    evaluated = evaluate(spark, warehouse_copy)
+    assert evaluated.metrics["test_from_features"] + evaluated.metrics["test_from_images"] == \
+        evaluated.metrics["test_examples"] and evaluated.metrics["test_from_features"] > 0
+
+
+def test_stored_features_give_the_models_probabilities_on_real_images(spark, trained, real_data):
+    """The two paths of classify_products (head on stored features, whole model on images)
+    agree to float32 rounding, on real catalogue images."""
+    cfg, _, run = trained
+    names = sorted((real_data / "images").iterdir())[::700][:64]
+    rows = [(int(f.stem), hashlib.sha256(f.read_bytes()).hexdigest(), f.read_bytes())
+            for f in names]
+    schema = "product_id long, sha256 string, image binary"
+    products = spark.createDataFrame(rows, schema)
+    features = featurize_products(products, feature_spec(spark, cfg), 32).where("error is null")
+    assert features.count() == len(rows)
+    via_features = clf.classify_products(products, features, run, 16, 1, 32).toPandas()
+    via_images = clf.classify_products(products, None, run, 16, 1, 32).toPandas()
+    assert set(via_features["input"]) == {"features"} and set(via_images["input"]) == {"image"}
+    a = via_features.sort_values("product_id")
+    b = via_images.sort_values("product_id")
+    assert a["error"].isna().all() and b["error"].isna().all()
+    np.testing.assert_allclose(np.stack(a["probabilities"]), np.stack(b["probabilities"]),
+                               atol=2e-6, rtol=0)
+    assert list(a["predicted"]) == list(b["predicted"])
+
+
+def test_a_finetuned_model_never_takes_stored_features():
+    info = {"features": {"backbone": "vgg16"}}
+    head = TrainedClassifier("a", Path("/m/a"), {**info, "mode": "head"})
+    tuned = TrainedClassifier("b", Path("/m/b"), {**info, "mode": "finetune"})
+    assert clf.features_settings(head) == info["features"]
+    assert clf.features_settings(tuned) is None
+    assert clf.features_settings(TrainedClassifier("c", Path("/m/c"), {})) is None
 
 
 def test_a_bad_image_gets_an_error_and_the_batch_goes_on(spark, trained):

@@ -3,6 +3,7 @@ compute only what is missing, undecodable images become rejects."""
 import io
 import random
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -282,3 +283,25 @@ def test_unusable_rows_of_an_older_table_are_computed_again(spark, warehouse_cop
     assert result.summary.startswith("2 computed") and "2 stale dropped" in result.summary
     vectors = features_of(spark, warehouse_copy)
     assert all(np.isfinite(vectors[pid]).all() and vectors[pid].any() for pid in (first, second))
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from lookbook.features.precision import cpu_flags, has_native_bf16
+
+    intel = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    epyc = "processor\t: 0\nflags\t\t: fpu avx2 fma\n"
+    assert has_native_bf16(cpu_flags(intel)) and not has_native_bf16(cpu_flags(epyc))
+    assert cpu_flags("") == set()
+
+
+def test_auto_precision_follows_this_machines_cpu(spark):
+    from lookbook.features.precision import resolve_precision
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = any(flag in info.split() for flag in ("avx512_bf16", "amx_bf16"))
+    assert resolve_precision(spark, "auto") == ("bf16" if native else "fp32")
+    assert resolve_precision(spark, "bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision(spark, "fp16")

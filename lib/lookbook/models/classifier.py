@@ -3,13 +3,15 @@ through the Petastorm feed; optionally fine-tuned with the backbone's last block
 
 The trained model is one Keras model, raw RGB image (any size, 0..255) -> class
 probabilities: Resizing (bilinear, antialiased) -> the feature model (preprocessing inside)
--> head. `lookbook.models.store` saves and finds it.
+-> head. `lookbook.models.store` saves and finds it. Products whose features are stored with
+the model's feature settings are classified by the head alone (`classify_products`).
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterator
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -18,11 +20,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..features.featurize import limit_tf_threads, run_on_images
+from ..features.featurize import (
+    limit_tf_threads,
+    run_on_images,
+    settings_equal,
+    usable_embedding,
+)
 from ..io.files import ship_file
 from ..io.images import to_array
 from .split import split_column
-from .store import TrainedClassifier, load_model
+from .store import TrainedClassifier, head_path, load_model
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +234,70 @@ def classify_batch(model, images: list[bytes], labels: list[str], height: int, w
         out.loc[good, "probability"] = found["probability"].to_numpy()
         out.loc[good, "probabilities"] = pd.Series(found["probabilities"].tolist(), index=good)
     return out
+
+
+def classify_embeddings(head, embeddings: list[np.ndarray], labels: list[str]) -> pd.DataFrame:
+    """PREDICT_SCHEMA columns for a batch of stored feature vectors, by the model's head."""
+    probabilities = np.asarray(head.predict_on_batch(np.stack(embeddings).astype("float32")),
+                               dtype="float32")
+    out = predictions_frame(probabilities, labels)
+    finite = np.isfinite(probabilities).all(axis=1)
+    out["error"] = np.where(finite, None, "prediction is not finite (NaN/inf)")
+    out.loc[~finite, ["predicted", "probabilities"]] = None
+    out.loc[~finite, "probability"] = np.nan
+    return out
+
+
+def classify_features(features: DataFrame, trained: TrainedClassifier, threads: int = 1) -> DataFrame:
+    """Like `classify_images`, from the `embedding` column: the model's head applied to feature
+    vectors made with the model's feature settings (`features_settings`)."""
+    head_file, labels = ship_file(features.sparkSession, head_path(trained)), trained.labels
+
+    @F.pandas_udf(PREDICT_SCHEMA)
+    def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        head = cached_classifier(SparkFiles.get(head_file), threads)
+        for embeddings in batches:
+            yield classify_embeddings(head, list(embeddings), labels)
+
+    out = features.withColumn("_classified", classify("embedding"))
+    return out.select(*[c for c in features.columns if c != "embedding"], "_classified.*")
+
+
+def features_settings(trained: TrainedClassifier) -> dict | None:
+    """The settings of the stored features that the model's head takes as they are: those
+    it was trained on. None where the model's backbone is not the one that made them
+    (fine-tuned) or the model does not say (older models): such a model sees images only."""
+    if trained.info.get("mode", "head") != "head":
+        return None
+    return trained.info.get("features")
+
+
+def classify_products(products: DataFrame, features: DataFrame | None,
+                      trained: TrainedClassifier, batch_size: int, threads: int,
+                      rows_per_partition: int) -> DataFrame:
+    """`products` (product_id, sha256, image and columns to keep) with PREDICT_SCHEMA's
+    columns and `input`: "features" where `features` (the features table) holds a usable row
+    of the product's image (same sha256) made with the model's feature settings: the head
+    alone classifies it, as the whole model would (same numbers before the head); "image"
+    elsewhere: the whole model on the decoded image."""
+    settings = features_settings(trained)
+    by_image, by_features = products, None
+    if features is not None and settings is not None:
+        stored = (features.filter(settings_equal(settings)).filter(usable_embedding())
+                  .select("product_id", "sha256", "embedding"))
+        by_features = products.drop("image").join(stored, ["product_id", "sha256"])
+        by_image = products.join(stored, ["product_id", "sha256"], "left_anti")
+    n = by_image.count()
+    parts = []
+    if by_features is not None:
+        parts.append(classify_features(by_features.drop("sha256"), trained, threads)
+                     .withColumn("input", F.lit("features")))
+    if n or by_features is None:
+        partitions = max(products.sparkSession.sparkContext.defaultParallelism,
+                         -(-n // rows_per_partition))
+        parts.append(classify_images(by_image.drop("sha256").repartition(partitions), trained,
+                                     batch_size, threads).withColumn("input", F.lit("image")))
+    return reduce(DataFrame.unionByName, parts)
 
 
 def classify_images(images: DataFrame, trained: TrainedClassifier, batch_size: int,

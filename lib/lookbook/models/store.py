@@ -6,7 +6,8 @@ column, the labels in output order, the input size, the feature settings and the
 trained with, when it was made). Training history and metrics are run records: they live in
 the tracking store (MLflow), keyed by the same run id; the pictures of them (training curves,
 `evaluation/`) are written beside the model, for a look without MLflow. Evaluate and predict
-add `<sha256 prefix>-model.keras`, a hard link to `model.keras` named by its content: the
+add `head.keras` (the model's head alone, features -> probabilities: what predict applies to
+stored features) and `<sha256 prefix>-model.keras`, a hard link to `model.keras` named by its content: the
 name it is shipped to the executors under (io/files.py).
 
 `latest` is the complete folder made last. A folder is written under a temporary name and
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.keras"
+HEAD_FILE = "head.keras"
 INFO_FILE = "model.json"
 LATEST = "latest"
 
@@ -104,6 +106,17 @@ def find_model(models_dir: str, ref: str = LATEST) -> TrainedClassifier:
     known = [m.run_id for m in models]
     raise FileNotFoundError(f"no model {ref!r} under {models_dir}; known runs (oldest first): "
                             f"{', '.join(known)}, or {LATEST!r}")
+
+
+def head_path(trained: TrainedClassifier) -> Path:
+    """`head.keras` of the model's folder, extracted from the model on first use: workers
+    that classify stored features load about 1 MB, not the whole backbone."""
+    path = trained.folder / HEAD_FILE
+    if not path.exists():
+        partial = path.with_name(f".{os.getpid()}.{HEAD_FILE}")
+        load_model(trained.model_path).get_layer("head").save(partial)
+        os.replace(partial, path)
+    return path
 
 
 def load_model(path: str | Path):

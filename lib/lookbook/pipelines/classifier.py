@@ -178,14 +178,16 @@ def evaluate(spark: SparkSession, cfg: Config) -> StepResult:
     label = trained.label_column
     products = with_model_split(tables.read("products"), trained)
     test = products.where(F.col("split") == "test").where(F.col(label).isNotNull())
-    classified = clf.classify_images(test.select("product_id", label, "image"), trained,
-                                     cfg.model.batch_size, cfg.tensorflow.intra_op_threads)
-    result = classified.toPandas()
+    result = classify(tables, cfg, trained, test.select("product_id", "sha256", label,
+                                                        "image")).toPandas()
     failed = result[result["error"].notna()]
     result = result[result["error"].isna()]
+    inputs = result["input"].value_counts().to_dict()
     metrics = classification_metrics(list(result[label]), np.stack(result["probabilities"]),
                                       trained.labels)
     metrics["failed_to_decode"] = len(failed)
+    metrics["from_features"] = int(inputs.get("features", 0))
+    metrics["from_images"] = int(inputs.get("image", 0))
     out = trained.folder / "evaluation"
     confusion = plot_confusion(metrics["confusion"], trained.labels, out / "confusion.png")
     wrong = result[result[label] != result["predicted"]].sort_values(
@@ -235,12 +237,8 @@ def predict(spark: SparkSession, cfg: Config) -> StepResult:
         todo = products.join(changes.where("change in ('new', 'image')"), "product_id",
                              "left_semi")
         deleted = changes.where("change = 'deleted'").select("product_id")
-    n = todo.count()
-    partitions = max(spark.sparkContext.defaultParallelism,
-                     -(-n // cfg.featurize.rows_per_partition))
-    classified = clf.classify_images(
-        todo.select("product_id", "split", "image").repartition(partitions), trained,
-        cfg.model.batch_size, cfg.tensorflow.intra_op_threads).persist()
+    classified = classify(tables, cfg, trained,
+                          todo.select("product_id", "sha256", "split", "image")).persist()
     good = classified.where(F.col("error").isNull())
     predictions = good.select("product_id", "predicted", "probability", "probabilities",
                               "split", F.lit(trained.run_id).alias("run_id"))
@@ -257,18 +255,32 @@ def predict(spark: SparkSession, cfg: Config) -> StepResult:
                                         metadata=meta)
         outputs = committed(written)
         changes.unpersist()
-    n_good = good.count()
+    inputs = {r["input"]: r["count"] for r in good.groupBy("input").count().collect()}
+    n_good = sum(inputs.values())
     n_failed = classified.count() - n_good
     classified.unpersist()
     how = "every product" if since is None else f"new and changed since products version {since}"
-    return StepResult(f"{n_good:,} predicted with {trained.run_id} ({how}), {n_failed:,} failed"
+    return StepResult(f"{n_good:,} predicted with {trained.run_id} ({how}; "
+                      f"{inputs.get('features', 0):,} from stored features, "
+                      f"{inputs.get('image', 0):,} from images), {n_failed:,} failed"
                       + ("" if outputs else "; nothing committed"),
                       details=written_summary(tables.written),
                       params={"model": trained.run_id},
                       metrics={"predicted": n_good, "failed": n_failed,
+                               "from_features": inputs.get("features", 0),
+                               "from_images": inputs.get("image", 0),
                                "incremental": int(since is not None),
                                **written_metrics(tables.written)},
                       outputs=outputs)
+
+
+def classify(tables: Catalog, cfg: Config, trained: TrainedClassifier,
+             products: DataFrame) -> DataFrame:
+    """`products` classified: from stored features where the features table has the model's,
+    the whole model on images elsewhere (`classifier.classify_products`)."""
+    return clf.classify_products(
+        products, tables.read("features") if tables.exists("features") else None, trained,
+        cfg.model.batch_size, cfg.tensorflow.intra_op_threads, cfg.featurize.rows_per_partition)
 
 
 def incremental_since(tables: Catalog, model: str) -> int | None:
