@@ -1,22 +1,24 @@
 """An exact top-k reference for the neighbours tests, written independently of the kernel
-under test (lookbook.similarity.knn): the full float64 cosine matrix, no blocks, no argmax
-rounds. It checks a result rather than producing one, so that float32 near-ties may come in
-either order while everything else must be exact."""
+under test (lookbook.similarity.knn): the full float64 cosine matrix, no blocks, no FAISS. It
+checks a result rather than producing one, so that float32 near-ties may come in either order
+while everything else must be exact."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 
-def similarities(vectors: np.ndarray, images=None, groups=None) -> np.ndarray:
-    """Cosine of every pair in float64: identical images 1.0, self and other groups -inf."""
+def similarities(vectors: np.ndarray, images=None, groups=None,
+                 exclude_same_image: bool = False) -> np.ndarray:
+    """Cosine of every pair in float64: identical images 1.0 (-inf when excluded), self and
+    other groups -inf."""
     v = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     unit = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
     s = unit @ unit.T
     if images is not None:
         images = np.asarray(images)
-        s[images[:, None] == images[None, :]] = 1.0
+        s[images[:, None] == images[None, :]] = -np.inf if exclude_same_image else 1.0
     if groups is not None:
         groups = np.asarray(groups)
         s[groups[:, None] != groups[None, :]] = -np.inf
@@ -25,12 +27,12 @@ def similarities(vectors: np.ndarray, images=None, groups=None) -> np.ndarray:
 
 
 def assert_exact_top_k(got: pd.DataFrame, ids, vectors, k: int, images=None, groups=None,
-                       tol: float = 1e-5) -> None:
+                       tol: float = 1e-5, exclude_same_image: bool = False) -> None:
     """`got` (product_id, rank, neighbour_id, score) is every product's exact top k: the
     reported scores are the true similarities, nothing left out scores higher, the order is
     by score, and equal scores (identical images) go to the smaller id."""
     ids = np.asarray(ids)
-    s = similarities(vectors, images, groups)
+    s = similarities(vectors, images, groups, exclude_same_image)
     index = {int(pid): i for i, pid in enumerate(ids)}
     expected_queries = {int(ids[i]) for i in range(len(ids)) if np.isfinite(s[i]).any()}
     assert set(got["product_id"].astype(int)) == expected_queries

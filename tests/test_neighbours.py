@@ -1,10 +1,19 @@
 """Blocked top-k neighbours: exact against an independent float64 reference (ties to the
-smaller id, identical images at 1.0, never oneself), on both the blocked and the broadcast path."""
+smaller id, identical images at 1.0, never oneself), with the candidates broadcast whole or in
+chunks of one block."""
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import types as T
 
-from lookbook.similarity.knn import best_per_row, block_top_k, l2_normalise, nearest_neighbours
+from lookbook.similarity.knn import (
+    best_per_row,
+    block_count,
+    block_top_k,
+    chunked_blocks,
+    l2_normalise,
+    nearest_neighbours,
+)
 
 from reference import assert_exact_top_k
 
@@ -43,6 +52,20 @@ def test_best_per_row_breaks_ties_by_smaller_id():
     assert q.tolist() == [3, 3, 7, 7] and n.tolist() == [10, 40, 10, 30]
 
 
+def test_candidate_blocks_are_chunked_under_the_byte_limit():
+    sizes = {0: 40, 1: 30, 2: 50, 3: 10, 4: 200}
+    assert chunked_blocks(sizes, 100) == [[0, 1], [2, 3], [4]]
+    assert chunked_blocks(sizes, 0) == [[0], [1], [2], [3], [4]]
+    assert chunked_blocks(sizes, 10**9) == [[0, 1, 2, 3, 4]]
+    assert chunked_blocks({}, 100) == []
+
+
+def test_blocks_are_as_many_as_needed_rounded_up_to_the_cores():
+    assert block_count(44441, 4096, 2) == 12
+    assert block_count(300, 64, 2) == 6 and block_count(256, 64, 4) == 4
+    assert block_count(0, 64, 2) == 2 and block_count(10, 64, 1) == 1
+
+
 def test_a_pair_scores_the_same_in_blocks_of_any_shape():
     """A matrix product's float32 rounding depends on the shapes (here, on this machine, the
     same pair came out as 3 different values over these 9 block shapes); a neighbour list
@@ -63,12 +86,37 @@ def test_a_pair_scores_the_same_in_blocks_of_any_shape():
     assert len(reported) == 1
 
 
+@pytest.mark.parametrize("exclude_same_image", [False, True])
+def test_rows_with_more_ties_than_the_first_search_are_searched_deeper(exclude_same_image):
+    """30 products share one image and 25 others nearly one direction (cosines within
+    RESCORE_MARGIN of each other): their lists need more than the first FAISS search returns
+    (k + SEARCH_SLACK), so they are searched again."""
+    rng = np.random.default_rng(5)
+    n, d = 400, 24
+    vectors = rng.normal(size=(n, d)).astype("float32")
+    shas = np.array([f"sha{i}" for i in range(n)], dtype=object)
+    vectors[1:30], shas[1:30] = vectors[0], shas[0]
+    vectors[100:125] = vectors[100] + rng.normal(scale=1e-3, size=(25, d)).astype("float32")
+    ids = rng.choice(np.arange(1, 10 * n), n, replace=False).astype("int64")
+    images = np.array([hash(s) for s in shas], dtype="int64")
+    unit = l2_normalise(vectors)
+    q, found, score = block_top_k(ids, unit, images, np.zeros(n), ids, unit, images,
+                                  np.zeros(n), 5, exclude_same_image)
+    got = pd.DataFrame({"product_id": q, "neighbour_id": found, "score": score})
+    got["rank"] = got.groupby("product_id").cumcount() + 1
+    assert len(got) == 5 * n
+    assert_exact_top_k(got, ids, vectors, 5, images=list(shas),
+                       exclude_same_image=exclude_same_image)
+
+
 @pytest.mark.parametrize("block_rows, broadcast_max_bytes", [(64, 0), (1000, 0), (64, 10**9)])
 def test_spark_top_k_is_exact(spark, block_rows, broadcast_max_bytes):
     ids, vectors, shas, genders = catalogue()
     result, path = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, block_rows,
                                       broadcast_max_bytes)
-    assert path.startswith("broadcast" if broadcast_max_bytes else "blocked")
+    cores = spark.sparkContext.defaultParallelism
+    chunks = 1 if broadcast_max_bytes else block_count(len(ids), block_rows, cores)
+    assert f"x {chunks} broadcast candidate chunk(s)" in path
     got = result.toPandas()
     assert len(got) == 5 * len(ids)
     assert_exact_top_k(got, ids, vectors, 5, images=shas)

@@ -203,7 +203,7 @@ def test_a_refresh_killed_midway_is_completed_by_the_next(spark, warehouse_copy,
 
 
 @pytest.mark.parametrize("broadcast_max_bytes, same", [(0, []), (1 << 30, ["gender"])],
-                         ids=["block-pairs", "broadcast-same-gender"])
+                         ids=["one-block-chunks", "broadcast-same-gender"])
 def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broadcast_max_bytes,
                                                                      same):
     """The update against brute force on random vectors with many exact ties: a group of

@@ -1,5 +1,6 @@
 """Similarity steps on the shared catalogue with the real ImageNet VGG16: the neighbours table,
 its evaluation, near-duplicates, and `similar` for outside photos of any size and mode."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ from reference import assert_exact_top_k
 
 @pytest.fixture(scope="module")
 def warehouse(spark, featurized, catalogue):
-    """The neighbours table on the shared warehouse, by block pairs of 40 products."""
+    """The neighbours table on the shared warehouse, in blocks of 40 products, candidates
+    broadcast one block at a time."""
     cfg = config_for(featurized.data_dir, featurized.warehouse,
                      featurized.featurize.weights_cache, "neighbours.block_rows=40",
                      "neighbours.broadcast_max_bytes=0")
     result = neighbours(spark, cfg)
-    assert "blocked" in result.summary
+    chunks = int(re.search(r"x (\d+) broadcast candidate chunk", result.summary).group(1))
+    assert chunks > 1
     return cfg, catalogue[1]["duplicate_of"]
 
 

@@ -170,10 +170,8 @@ def update_neighbours(old: DataFrame, features: DataFrame, before: DataFrame,
     cached, computed, paths = [changes, redo, everything], [], []
     if not fully.isEmpty():
         queries = blocks_of(fully, n.block_rows, n.same).persist()
-        # A broadcast pays when many query blocks reuse it; a few take a task per pair.
-        few = queries.count() < 2
-        full, path = top_k_of_blocks(queries, everything, n.k,
-                                     0 if few else n.broadcast_max_bytes, n.exclude_same_image)
+        full, path = top_k_of_blocks(queries, everything, n.k, n.broadcast_max_bytes,
+                                     n.exclude_same_image)
         computed.append(full)
         cached += [queries, full]
         paths.append(f"recomputed: {path}")

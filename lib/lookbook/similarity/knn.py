@@ -1,10 +1,11 @@
 """Exact top-k cosine neighbours of every product, blocked, in bounded memory.
 
 Vectors are L2-normalised and cut into blocks of about `block_rows`. Every (query block,
-candidate block) pair is one Spark task: one dense matrix product (BLAS) and a running top-k
-per query row; partial lists are merged per query. The N x N matrix never exists, and nothing
-but counts reaches the driver. Where all candidates fit under `broadcast_max_bytes`, they are
-broadcast instead and each query block scans them in one task (no cartesian shuffle).
+candidate block) pair is one Spark task: FAISS's exact inner-product search (the same BLAS
+kernel as `IndexFlatIP`) shortlists each query row's best candidates; partial lists are merged
+per query. The N x N matrix never exists, and nothing but counts reaches the driver. Where all
+candidates fit under `broadcast_max_bytes`, they are broadcast instead as one matrix and each
+query block searches it in one task (no cartesian shuffle).
 
 Exact: the result is brute force's top-k with ties broken by the smaller neighbour id. A
 product is never its own neighbour. Products with identical image bytes (same sha256) have
@@ -12,26 +13,33 @@ similarity exactly 1.0 by definition (float32 rounding would otherwise give 0.99
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
+from functools import reduce
 
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
-PAIR_SCHEMA = T.StructType([
+log = logging.getLogger(__name__)
+RANKED_SCHEMA = T.StructType([
     T.StructField("product_id", T.LongType()),
+    T.StructField("rank", T.IntegerType()),
     T.StructField("neighbour_id", T.LongType()),
     T.StructField("score", T.FloatType()),
 ])
 BLOCK_SCHEMA = T.StructType([
-    T.StructField("block", T.IntegerType()),
+    T.StructField("block", T.LongType()),
     T.StructField("ids", T.BinaryType()),  # int64[n]
     T.StructField("vectors", T.BinaryType()),  # float32[n, d], L2-normalised
     T.StructField("images", T.BinaryType()),  # int64[n]: hash of the image sha256
     T.StructField("groups", T.BinaryType()),  # int64[n]: candidates must share it
 ])
+BLOCK_ARROW_SCHEMA = to_arrow_schema(BLOCK_SCHEMA)
 
 
 # --- pure numpy -----------------------------------------------------------------------------
@@ -43,10 +51,13 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-# A candidate is scored again, pair by pair, when its matrix-product score lies within this of
-# a row's k-th best: far above float32 rounding (about 1e-6 for unit vectors), far below the
+# A candidate is scored again, pair by pair, when its kernel score lies within this of a
+# row's k-th best: far above float32 rounding (about 1e-6 for unit vectors), far below the
 # gaps that decide a ranking.
 RESCORE_MARGIN = 1e-4
+# Candidates FAISS returns per query beyond k: room for the query itself, identical images and
+# near-ties; a row that needs more is searched again deeper.
+SEARCH_SLACK = 11
 
 
 def block_top_k(query_ids: np.ndarray, queries: np.ndarray, query_images: np.ndarray,
@@ -57,56 +68,61 @@ def block_top_k(query_ids: np.ndarray, queries: np.ndarray, query_images: np.nda
     descending then neighbour id ascending. Self, other groups and (optionally) identical
     images are never candidates.
 
-    The matrix product only shortlists: its float32 rounding depends on the matrices' shapes,
-    so the same pair can score differently in two blocks, and identical vectors can come out
-    1 ulp apart, which would break ties by accident rather than by id. The shortlist's scores
-    are computed again one pair at a time, the same way in every block."""
-    scores = queries @ candidates.T
-    same_image = query_images[:, None] == candidate_images[None, :]
-    scores[same_image] = 1.0
-    if exclude_same_image:
-        scores[same_image] = -np.inf
-    if not (np.all(query_groups == query_groups[:1]) and
-            np.all(candidate_groups == query_groups[:1])):
-        scores[query_groups[:, None] != candidate_groups[None, :]] = -np.inf
-    # Ids are unique within a block: self pairs are where the two id lists meet.
-    _, q_self, c_self = np.intersect1d(query_ids, candidate_ids, return_indices=True)
-    scores[q_self, c_self] = -np.inf
-    rows, cols = shortlist(scores, k)
+    FAISS's exact inner-product search (`faiss.knn`: BLAS products, a heap per query) only
+    shortlists: its float32 rounding depends on the matrices' shapes, so the same pair can
+    score differently in two blocks, and identical vectors can come out 1 ulp apart, which
+    would break ties by accident rather than by id. The shortlist's scores are computed again
+    one pair at a time, the same way in every block."""
+    if len(queries) == 0 or len(candidates) == 0 or k == 0:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, np.array([], dtype=np.float32)
+    groups = np.unique(query_groups)
+    if len(groups) > 1 or not np.all(candidate_groups == groups[0]):
+        parts = []
+        for group in groups:
+            q, c = query_groups == group, candidate_groups == group
+            parts.append(block_top_k(query_ids[q], queries[q], query_images[q], query_groups[q],
+                                     candidate_ids[c], candidates[c], candidate_images[c],
+                                     candidate_groups[c], k, exclude_same_image))
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    rows, cols = shortlist(query_ids, queries, query_images, candidate_ids, candidates,
+                           candidate_images, k, exclude_same_image)
     exact = pair_scores(queries, candidates, rows, cols)
-    exact[same_image[rows, cols]] = 1.0
+    exact[query_images[rows] == candidate_images[cols]] = 1.0
     return best_per_row(query_ids[rows], candidate_ids[cols], exact, k)
 
 
-def shortlist(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) of every finite score within RESCORE_MARGIN of its row's k-th best."""
-    n, m = scores.shape
-    if n == 0 or m == 0 or k == 0:
-        empty = np.array([], dtype=np.int64)
-        return empty, empty
-    rows = np.arange(n)
-    # k + 1 rounds of argmax: 25x faster than a partition per row on a 4096 x 4096 block
-    # (0.04 s against 1.05 s). The (k+1)-th tells which rows have near-ties past the k-th;
-    # only those rows are scanned whole. The scores are put back afterwards.
-    cols = np.empty((min(k + 1, m), n), dtype=np.int64)
-    values = np.empty((len(cols), n), dtype=scores.dtype)
-    for r in range(len(cols)):
-        cols[r] = scores.argmax(axis=1)
-        values[r] = scores[rows, cols[r]]
-        scores[rows, cols[r]] = -np.inf
-    for r in reversed(range(len(cols))):  # a later round may re-take a -inf column
-        scores[rows, cols[r]] = values[r]
-    top = min(k, m)
-    kth = values[top - 1]
-    threshold = kth - RESCORE_MARGIN  # -inf where a row has fewer than k candidates
-    crowded = (np.flatnonzero(np.isfinite(kth) & (values[k] >= threshold)) if len(cols) > k
-               else np.array([], dtype=np.int64))
-    plain = np.isfinite(values[:top])
-    plain[:, crowded] = False
-    r_plain = np.broadcast_to(rows, (top, n))[plain]
-    r_crowded, c_crowded = np.nonzero(scores[crowded] >= threshold[crowded, None])
-    return (np.concatenate([r_plain, crowded[r_crowded]]),
-            np.concatenate([cols[:top][plain], c_crowded]))
+def shortlist(query_ids: np.ndarray, queries: np.ndarray, query_images: np.ndarray,
+              candidate_ids: np.ndarray, candidates: np.ndarray, candidate_images: np.ndarray,
+              k: int, exclude_same_image: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of every allowed candidate whose score is within RESCORE_MARGIN of its
+    row's k-th best allowed one (an identical image scoring 1.0). A row is settled when FAISS's
+    last returned score is below that threshold (nothing unreturned can reach it) or every
+    candidate was returned; the others are searched again four times as deep."""
+    import faiss
+
+    rows_out, cols_out = [], []
+    todo = np.arange(len(queries))
+    depth = min(len(candidates), k + SEARCH_SLACK)
+    while len(todo):
+        raw, found = faiss.knn(queries[todo], candidates, depth, faiss.METRIC_INNER_PRODUCT)
+        found = np.maximum(found, 0)  # -1 only past the end, where depth == len(candidates)
+        same = query_images[todo, None] == candidate_images[found]
+        scores = np.where(same, np.float32(1.0), raw)
+        allowed = candidate_ids[found] != query_ids[todo, None]
+        if exclude_same_image:
+            allowed &= ~same
+        scores[~allowed] = -np.inf
+        kth = -np.partition(-scores, min(k, depth) - 1, axis=1)[:, min(k, depth) - 1] \
+            if depth >= k else np.full(len(todo), -np.inf, dtype=np.float32)
+        threshold = kth - RESCORE_MARGIN
+        settled = (depth == len(candidates)) | (raw[:, -1] < threshold)
+        r, c = np.nonzero(settled[:, None] & (scores >= threshold[:, None]) & allowed)
+        rows_out.append(todo[r])
+        cols_out.append(found[r, c])
+        todo = todo[~settled]
+        depth = min(len(candidates), depth * 4)
+    return np.concatenate(rows_out), np.concatenate(cols_out)
 
 
 def pair_scores(queries: np.ndarray, candidates: np.ndarray, rows: np.ndarray,
@@ -141,70 +157,96 @@ def ranked(pairs: pd.DataFrame) -> pd.DataFrame:
 # --- Spark ----------------------------------------------------------------------------------
 
 def blocks_of(features: DataFrame, block_rows: int, group_columns: list[str]) -> DataFrame:
-    """One row per block: ids, normalised vectors, image hashes and group keys as raw arrays.
-    `features` has product_id, embedding, sha256 and the group columns."""
+    """One row per block: ids, normalised vectors, image hashes and group keys as raw arrays,
+    one block a partition. `features` has product_id, embedding, sha256 and the group
+    columns. Blocks hold at most `block_rows` products, their number a multiple of the
+    cores (no core idles at the end of a pass). Which product lands in which block does not
+    matter (any partition is exact), so rows are packed where they are (partitions only
+    coalesced) and the packed blocks shuffled, not the vectors as arrays: half the time on
+    the real catalogue. Packed from Arrow directly: pandas would make one Python object a
+    vector."""
     n = features.count()
-    n_blocks = max(1, -(-n // block_rows))
+    n_blocks = block_count(n, block_rows, features.sparkSession.sparkContext.defaultParallelism)
     group = (F.xxhash64(*[F.coalesce(F.col(c).cast("string"), F.lit("\0")) for c in group_columns])
              if group_columns else F.lit(0).cast("long"))
-    rows = features.select(
-        (F.pmod(F.xxhash64("product_id"), F.lit(n_blocks))).cast("int").alias("block"),
-        "product_id", "embedding", F.xxhash64("sha256").alias("image"), group.alias("group"))
-
-    def pack(block: pd.DataFrame) -> pd.DataFrame:
-        block = block.sort_values("product_id")
-        vectors = l2_normalise(np.stack(block["embedding"].to_numpy()))
-        return pd.DataFrame({
-            "block": [int(block["block"].iloc[0])],
-            "ids": [block["product_id"].to_numpy(np.int64).tobytes()],
-            "vectors": [vectors.tobytes()],
-            "images": [block["image"].to_numpy(np.int64).tobytes()],
-            "groups": [block["group"].to_numpy(np.int64).tobytes()],
-        })
-
-    return rows.groupBy("block").applyInPandas(pack, BLOCK_SCHEMA).repartition(n_blocks)
+    rows = features.select("product_id", "embedding", F.xxhash64("sha256").alias("image"),
+                           group.alias("group"))
+    size = -(-n // n_blocks)
+    packed = rows.coalesce(n_blocks).mapInArrow(lambda batches: pack_partition(batches, size),
+                                                BLOCK_SCHEMA)
+    return packed.repartition(n_blocks)
 
 
-def unpack(row, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    ids = np.frombuffer(row[prefix + "ids"], dtype=np.int64)
-    vectors = np.frombuffer(row[prefix + "vectors"], dtype=np.float32).reshape(len(ids), -1)
-    return (ids, vectors, np.frombuffer(row[prefix + "images"], dtype=np.int64),
-            np.frombuffer(row[prefix + "groups"], dtype=np.int64))
+def block_count(n: int, block_rows: int, cores: int) -> int:
+    """Blocks of at most `block_rows` for `n` products, rounded up to a multiple of `cores`."""
+    needed = max(1, -(-n // block_rows))
+    return -(-needed // cores) * cores
 
 
-def top_k_blocked(queries: DataFrame, candidates: DataFrame, k: int,
-                  exclude_same_image: bool) -> DataFrame:
-    """Every (query block, candidate block) pair is a row, and a task: partial top-k lists."""
-    candidates = candidates.select(*[F.col(c).alias(f"c_{c}") for c in candidates.columns])
-    pairs = queries.crossJoin(candidates)
+def pack_partition(batches, block_rows: int):
+    """A partition's rows (Arrow record batches) -> BLOCK_SCHEMA rows of at most `block_rows`
+    products each, sorted by product id; block ids unique across partitions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark import TaskContext
 
-    def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            for _, row in batch.iterrows():
-                q, n, s = block_top_k(*unpack(row), *unpack(row, "c_"), k, exclude_same_image)
-                yield pd.DataFrame({"product_id": q, "neighbour_id": n, "score": s})
+    batches = list(batches)
+    table = pa.Table.from_batches(batches) if batches else None
+    if table is None or not table.num_rows:
+        return
+    table = table.take(pc.sort_indices(table, [("product_id", "ascending")]))
+    embeddings = table.column("embedding").combine_chunks()
+    lengths = pc.list_value_length(embeddings).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) > 1:
+        raise ValueError(f"embeddings of different lengths in one table: {sorted(set(lengths))}")
+    flat = pc.list_flatten(embeddings).to_numpy(zero_copy_only=False)
+    vectors = l2_normalise(flat.astype(np.float32).reshape(table.num_rows, -1))
+    columns = {name: table.column(name).to_numpy().astype(np.int64)
+               for name in ("product_id", "image", "group")}
+    first_block = TaskContext.get().partitionId() << 32
+    pieces = -(-table.num_rows // block_rows)
+    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), pieces)):
+        yield pa.RecordBatch.from_pydict({
+            "block": pa.array([first_block + i], pa.int64()),
+            "ids": [columns["product_id"][rows].tobytes()],
+            "vectors": [vectors[rows].tobytes()],
+            "images": [columns["image"][rows].tobytes()],
+            "groups": [columns["group"][rows].tobytes()]}, schema=BLOCK_ARROW_SCHEMA)
 
-    return pairs.mapInPandas(partial, PAIR_SCHEMA)
+
+def unpack(row) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.frombuffer(row["ids"], dtype=np.int64)
+    vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(ids), -1)
+    return (ids, vectors, np.frombuffer(row["images"], dtype=np.int64),
+            np.frombuffer(row["groups"], dtype=np.int64))
 
 
-def top_k_broadcast(queries: DataFrame, candidates: DataFrame, k: int,
-                    exclude_same_image: bool) -> DataFrame:
-    """All candidates broadcast once; each query block scans them in one task."""
-    sc = queries.sparkSession.sparkContext
-    everything = sc.broadcast([tuple(unpack(r.asDict())) for r in candidates.collect()])
+def chunked_blocks(sizes: dict[int, int], max_bytes: int) -> list[list[int]]:
+    """Candidate blocks (id -> bytes of vectors) in consecutive chunks of at most `max_bytes`
+    each (a block larger than that is a chunk of its own)."""
+    chunks: list[list[int]] = []
+    total = max_bytes + 1
+    for block, size in sorted(sizes.items()):
+        if total + size > max_bytes:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(block)
+        total += size
+    return chunks
+
+
+def search_chunk(queries: DataFrame, chunk, k: int, exclude_same_image: bool) -> DataFrame:
+    """Each query block's top-k among one broadcast chunk of candidates, one task a block:
+    (product_id, rank, neighbour_id, score)."""
 
     def scan(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             for _, row in batch.iterrows():
-                query = unpack(row)
-                parts = [block_top_k(*query, *candidate, k, exclude_same_image)
-                         for candidate in everything.value]
-                pairs = pd.DataFrame({"product_id": np.concatenate([p[0] for p in parts]),
-                                      "neighbour_id": np.concatenate([p[1] for p in parts]),
-                                      "score": np.concatenate([p[2] for p in parts])})
-                yield ranked(pairs).query(f"rank <= {k}").drop(columns="rank")
+                q, n, s = block_top_k(*unpack(row), *chunk.value, k, exclude_same_image)
+                found = pd.DataFrame({"product_id": q, "neighbour_id": n, "score": s})
+                yield ranked(found)
 
-    return queries.mapInPandas(scan, PAIR_SCHEMA)
+    return queries.mapInPandas(scan, RANKED_SCHEMA)
 
 
 def merge_top_k(pairs: DataFrame, k: int) -> DataFrame:
@@ -218,8 +260,10 @@ def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
                        broadcast_max_bytes: int, group_columns: list[str] | None = None,
                        exclude_same_image: bool = False) -> tuple[DataFrame, str]:
     """(product_id, rank, neighbour_id, score): every product's top-k among `features`
-    (product_id, embedding, sha256 and the group columns), and which path ran."""
+    (product_id, embedding, sha256 and the group columns), and how it ran."""
+    started = time.perf_counter()
     blocks = blocks_of(features, block_rows, group_columns or []).persist()
+    log.info("neighbours: %d blocks packed in %.1f s", blocks.count(), time.perf_counter() - started)
     try:
         return top_k_of_blocks(blocks, blocks, k, broadcast_max_bytes, exclude_same_image)
     finally:
@@ -229,27 +273,46 @@ def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
 def top_k_of_blocks(queries: DataFrame, candidates: DataFrame, k: int,
                     broadcast_max_bytes: int, exclude_same_image: bool) -> tuple[DataFrame, str]:
     """The top-k among the `candidates` blocks of every product of the `queries` blocks
-    (`blocks_of`), computed and cached, and which path ran: all candidates broadcast when
-    they fit in `broadcast_max_bytes`, else a task per block pair."""
+    (`blocks_of`), computed and cached, and how it ran. The candidates are broadcast in
+    chunks of at most `broadcast_max_bytes` (at least one block), one pass a chunk in which
+    every query block is a task: a Python worker holds one chunk and one query block at a
+    time, and the driver one chunk. Several passes' lists are merged per product. Each pass's
+    lists are checkpointed (lineage cut): with a cached DataFrame per pass, later queries over
+    the result planned 3x slower."""
     spark = queries.sparkSession
-    sizes = candidates.select(F.sum(F.length("vectors")).alias("bytes"),
-                              F.count("*").alias("n")).first()
-    n_queries = sizes["n"] if queries is candidates else queries.count()
-    # One pair (two blocks of vectors) per Arrow batch: the rows are large.
+    sizes = {r["block"]: r["bytes"] for r in
+             candidates.select("block", F.length("vectors").alias("bytes")).collect()}
+    chunks = chunked_blocks(sizes, broadcast_max_bytes)
+    n_queries = len(sizes) if queries is candidates else queries.count()
+    # One block per Arrow batch: the rows are large.
     previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "1")
+    passes = []
     try:
-        if (sizes["bytes"] or 0) <= broadcast_max_bytes:
-            path = (f"broadcast ({n_queries} query blocks, "
-                    f"{(sizes['bytes'] or 0) / 2**20:.0f} MiB of candidates)")
-            pairs = top_k_broadcast(queries, candidates, k, exclude_same_image)
+        for i, chunk in enumerate(chunks):
+            started = time.perf_counter()
+            blocks = [unpack(r) for r in
+                      candidates.where(F.col("block").isin(chunk)).select(*BLOCK_SCHEMA.names)
+                      .toArrow().to_pylist()]
+            broadcast = spark.sparkContext.broadcast(
+                tuple(np.concatenate([b[i] for b in blocks]) for i in range(4)))
+            del blocks
+            collected = time.perf_counter()
+            found = search_chunk(queries, broadcast, k, exclude_same_image).localCheckpoint()
+            broadcast.unpersist()
+            log.info("neighbours: pass %d of %d, %d candidate blocks: collected and broadcast "
+                     "in %.1f s, searched in %.1f s", i + 1, len(chunks), len(chunk),
+                     collected - started, time.perf_counter() - collected)
+            passes.append(found)
+        if len(passes) == 1:
+            result = passes[0]
         else:
-            path = f"blocked ({n_queries} x {sizes['n']} block pairs)"
-            pairs = top_k_blocked(queries, candidates, k, exclude_same_image)
-        result = merge_top_k(pairs, k).persist()
-        result.count()
+            result = merge_top_k(reduce(DataFrame.unionByName, passes), k).localCheckpoint()
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+    largest = max(sum(sizes[b] for b in chunk) for chunk in chunks) if chunks else 0
+    path = (f"{n_queries} query blocks x {len(chunks)} broadcast candidate chunk(s) of "
+            f"<= {largest / 2**20:.0f} MiB")
     return result, path
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 
-from .knn import PAIR_SCHEMA, l2_normalise, ranked
+from .knn import RANKED_SCHEMA, l2_normalise, ranked
 
 
 def most_similar(features: DataFrame, query: np.ndarray, k: int) -> pd.DataFrame:
@@ -31,9 +31,9 @@ def most_similar(features: DataFrame, query: np.ndarray, k: int) -> pd.DataFrame
             best = ranked(pd.DataFrame({"product_id": 0,
                                         "neighbour_id": batch["product_id"].to_numpy()[keep],
                                         "score": scores})).head(k)
-            yield best.drop(columns="rank")
+            yield best
 
-    found = features.select("product_id", "embedding").mapInPandas(scan, PAIR_SCHEMA).toPandas()
+    found = features.select("product_id", "embedding").mapInPandas(scan, RANKED_SCHEMA).toPandas()
     return ranked(found).head(k)[["neighbour_id", "score"]].reset_index(drop=True)
 
 
