@@ -139,8 +139,11 @@ def poisoned(features, values: dict):
 
 
 def config_for(catalogue_dir: Path, warehouse: Path, weights: Path, *overrides: str) -> Config:
+    # fp32 whatever the CPU (the default, auto, is bf16 on some): tests compare features with
+    # fp32 Keras; test_featurize covers auto.
     return load_config(None, [f"data_dir={catalogue_dir}", f"warehouse={warehouse}",
-                              f"featurize.weights_cache={weights}", *overrides])
+                              f"featurize.weights_cache={weights}", "featurize.precision=fp32",
+                              *overrides])
 
 
 @pytest.fixture(scope="session")

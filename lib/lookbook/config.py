@@ -79,9 +79,10 @@ class FeaturizeSettings:
     # default (VGG: last conv of blocks 4 and 5).
     layers: list[str] = field(default_factory=list)
     batch_size: int = 64
-    # "bf16" (Keras mixed precision): 3.2x faster here, features' cosine to fp32 0.9997 on
-    # average over 2,000 real images but 0.987 at worst, so it stays opt-in.
-    precision: str = "fp32"
+    # "auto": bf16 (Keras mixed precision, 3.2x faster) where every executor's CPU has native
+    # bf16, fp32 elsewhere; or "fp32" / "bf16" outright. bf16 features gave the same test
+    # accuracy, macro-F1 and neighbour P@5 as fp32 (3 seeds, README: Performance).
+    precision: str = "auto"
     rows_per_partition: int = 2048
 
 

@@ -1,11 +1,10 @@
 """Exact top-k cosine neighbours of every product, blocked, in bounded memory.
 
-Vectors are L2-normalised and cut into blocks of about `block_rows`. Every (query block,
-candidate block) pair is one Spark task: FAISS's exact inner-product search (the same BLAS
-kernel as `IndexFlatIP`) shortlists each query row's best candidates; partial lists are merged
-per query. The N x N matrix never exists, and nothing but counts reaches the driver. Where all
-candidates fit under `broadcast_max_bytes`, they are broadcast instead as one matrix and each
-query block searches it in one task (no cartesian shuffle).
+Vectors are L2-normalised and packed into query blocks of at most `block_rows`. The candidates
+are broadcast in chunks of at most `broadcast_max_bytes`, one pass a chunk, every query block a
+task: FAISS's exact inner-product search (the BLAS kernel of `IndexFlatIP`) shortlists each
+query's best candidates in the chunk; several passes' lists are merged per query. A worker holds
+one query block, one chunk and FAISS's tile; the N x N matrix never exists.
 
 Exact: the result is brute force's top-k with ties broken by the smaller neighbour id. A
 product is never its own neighbour. Products with identical image bytes (same sha256) have
