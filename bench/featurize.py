@@ -6,12 +6,15 @@
   (b) the Spark featurize path (local[cores], one TF thread per Python worker), cold (workers
       import TensorFlow and build the model) and warm (workers reused);
   (c) with --bf16: (a) again under Keras mixed_bfloat16, its speed-up and the cosine similarity
-      of bf16 to fp32 features.
+      of bf16 to fp32 features;
+  (d) start-up included, from launch to exit: `./spark-submit.sh featurize` (fp32) on the same
+      images against one plain Python process doing the same work (import TensorFlow, build
+      the model, read, decode and embed every image, write a Parquet file).
 
 Prints images/s, the ratios b/a and b/(a+), and achieved GFLOP/s against two ceilings: the
-derived fp32 peak (cores x FMA units x lanes x clock: overstated 2x on AMD Zen 4, which runs a
-512-bit FMA as two 256-bit halves) and a measured one, a 4096^3 fp32 matmul in TensorFlow on
-the same cores in the same run.
+derived fp32 peak (cores x FMA units x lanes x clock, AMD Zen 4 counted at AVX2 width: it runs
+a 512-bit FMA as two 256-bit halves) and a measured one, the faster of a 4096^3 fp32 matmul in
+TensorFlow and in numpy (OpenBLAS) on the same cores in the same run.
 
     .venv/bin/python bench/featurize.py --n 2000 [--height 80 --width 60] [--bf16]
 """
@@ -43,19 +46,29 @@ def real_slice(data_dir: Path, n: int, out: Path) -> Path:
         os.symlink(data_dir / "images" / f"{pid}.jpg", out / "images" / f"{pid}.jpg")
     return out
 
+def fma_shape(vendor: str, family: int, flags: set[str]) -> tuple[int, int]:
+    """(FMA units per core, fp32 lanes per unit) as they run, not as the flags read: Intel
+    (Haswell on) and AMD Zen 2 on have two FMA pipes; AVX-512 doubles the lanes on Intel and on
+    Zen 5 (family 26), but Zen 4 (family 25) runs a 512-bit FMA as two 256-bit halves, so its
+    throughput is that of AVX2. Zen 1 (two 128-bit pipes) is overstated 2x."""
+    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family < 26):
+        return 2, 16
+    if "avx2" in flags or vendor == "AuthenticAMD":
+        return 2, 8
+    return 1, 4
+
+
 def fp32_peak_gflops() -> tuple[float, str]:
     """cores x FMA units x fp32 lanes x 2 (multiply+add) x clock."""
     cores = os.cpu_count()
     info = Path("/proc/cpuinfo").read_text()
-    flags = re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    # Server cores with AVX-512 and AMX (Sapphire Rapids and later) have 2 512-bit FMA units.
-    fma_units = 2 if "amx_tile" in flags or "avx512f" in flags else 1
+    field = lambda name: re.search(rf"^{name}\s*:\s*(.*)$", info, re.M).group(1)  # noqa: E731
+    flags = set(field("flags").split())
+    fma_units, lanes = fma_shape(field("vendor_id"), int(field("cpu family")), flags)
     mhz = max(float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M))
-    model = re.search(r"^model name\s*:\s*(.*)$", info, re.M).group(1)
     peak = cores * fma_units * lanes * 2 * mhz / 1000
-    how = (f"{model}: {cores} cores x {fma_units} FMA units x {lanes} fp32 lanes x 2 flop/FMA "
-           f"x {mhz / 1000:.2f} GHz = {peak:.0f} GFLOP/s")
+    how = (f"{field('model name')}: {cores} cores x {fma_units} FMA units x {lanes} fp32 lanes "
+           f"x 2 flop/FMA x {mhz / 1000:.2f} GHz = {peak:.0f} GFLOP/s")
     return peak, how
 
 def conv_gflop_per_image(model) -> float:
@@ -103,29 +116,80 @@ for i in range(0, len(jpegs), {args.batch_size}):
     batch = np.stack([to_array(b, {args.height}, {args.width}) for b in jpegs[i:i + {args.batch_size}]])
     model.predict_on_batch(batch.astype("float32"))
 with_decode = time.perf_counter() - start
-a = tf.random.normal((4096, 4096)); b = tf.random.normal((4096, 4096))
-tf.linalg.matmul(a, b).numpy()
-start = time.perf_counter()
-for _ in range(5):
-    tf.linalg.matmul(a, b).numpy()
-matmul = 5 * 2 * 4096 ** 3 / (time.perf_counter() - start) / 1e9
+def best_gflops(matmul, a, b):
+    matmul(a, b)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * 4096 ** 3 / min(times) / 1e9
+a = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+b = np.random.default_rng(1).standard_normal((4096, 4096), dtype=np.float32)
+tf_gflops = best_gflops(lambda x, y: tf.linalg.matmul(x, y).numpy(), tf.constant(a), tf.constant(b))
+blas_gflops = best_gflops(np.matmul, a, b)
 np.save(sys.argv[2], np.asarray(features, dtype="float32"))
-print(seconds, with_decode, matmul, conv_gflop_per_image(model))
+print(seconds, with_decode, tf_gflops, blas_gflops, conv_gflop_per_image(model))
 """
     with tempfile.TemporaryDirectory() as tmp:
         np.save(f"{tmp}/in.npy", images)
         Path(f"{tmp}/files.txt").write_text("\n".join(str(f) for f in files))
         out = subprocess.run([sys.executable, "-c", code, f"{tmp}/in.npy", f"{tmp}/out.npy",
                               f"{tmp}/files.txt"], check=True, capture_output=True, text=True)
-        seconds, with_decode, matmul, gflop = map(float, out.stdout.split()[-4:])
-        return BareRun(seconds, with_decode, matmul, gflop, np.load(f"{tmp}/out.npy"))
+        seconds, with_decode, tf_gflops, blas_gflops, gflop = map(float, out.stdout.split()[-5:])
+        return BareRun(seconds, with_decode, tf_gflops, blas_gflops, gflop,
+                       np.load(f"{tmp}/out.npy"))
+
+
+PLAIN_PROCESS = """
+import os, sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count())
+sys.path.insert(0, {lib!r})
+from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.io.images import to_array
+model = build_feature_model({backbone!r}, resolve_weights({backbone!r}, "imagenet", {cache!r}),
+                            {height}, {width})
+files = open(sys.argv[1]).read().split()
+vectors = []
+for i in range(0, len(files), {batch_size}):
+    batch = np.stack([to_array(open(f, "rb").read(), {height}, {width})
+                      for f in files[i:i + {batch_size}]])
+    vectors.extend(np.asarray(model.predict_on_batch(batch.astype("float32"))))
+pq.write_table(pa.table({{"file": files, "embedding": [v.tolist() for v in vectors]}}), sys.argv[2])
+"""
+
+
+def plain_process_seconds(files: list[Path], args, cache: str) -> float:
+    """Wall time of one fresh Python process doing the featurize job's work on `files`: import
+    TensorFlow, build the model, read, decode and embed every image, write a Parquet file."""
+    code = PLAIN_PROCESS.format(lib=str(Path(__file__).resolve().parents[1] / "lib"),
+                                backbone=args.backbone, cache=cache, height=args.height,
+                                width=args.width, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(f"{tmp}/files.txt").write_text("\n".join(str(f) for f in files))
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, f"{tmp}/files.txt", f"{tmp}/out.parquet"],
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+
+
+def job_seconds(catalogue: Path, warehouse: str) -> float:
+    """Wall time of `./spark-submit.sh featurize` from launch to exit (JVM, session, plan,
+    workers importing TensorFlow and building the model, the Delta commit, MLflow)."""
+    root = Path(__file__).resolve().parents[1]
+    started = time.perf_counter()
+    subprocess.run([str(root / "spark-submit.sh"), "featurize", f"data_dir={catalogue}",
+                    f"warehouse={warehouse}", "featurize.precision=fp32"], check=True,
+                   capture_output=True, cwd=root)
+    return time.perf_counter() - started
 
 
 @dataclass
 class BareRun:
     seconds: float  # predict over decoded images
     with_decode: float  # the same loop, decoding each batch's JPEG bytes first
-    matmul_gflops: float  # the measured ceiling
+    tf_matmul_gflops: float  # 4096^3 fp32 matmul, TensorFlow (oneDNN/Eigen)
+    blas_matmul_gflops: float  # the same in numpy (OpenBLAS)
     gflop_per_image: float
     features: np.ndarray
 
@@ -174,19 +238,25 @@ def main() -> None:
         timings = []
         for _ in ("cold", "warm"):
             start = time.perf_counter()
-            spark_rows = (featurize_products(products, spec, cfg.featurize.rows_per_partition)
-                          .select("product_id", "embedding").orderBy("product_id").collect())
+            # Sorted here, not with orderBy: a global sort samples its input with a job of its
+            # own, which would run the UDF over every image twice.
+            spark_rows = sorted(featurize_products(products, spec, cfg.featurize.rows_per_partition)
+                                .select("product_id", "embedding").collect())
             timings.append(time.perf_counter() - start)
         b_features = np.array([r["embedding"] for r in spark_rows], dtype="float32")
         spark.stop()
+        job = job_seconds(catalogue, f"{tmp}/wh")
+        plain = plain_process_seconds(files, args, cache)
 
     n = len(images)
     peak, how = fp32_peak_gflops()
     print(f"\n{n:,} real images, {args.backbone} {args.height}x{args.width}, batch {args.batch_size}, "
           f"{cores} cores; {gflop:.2f} GFLOP per image (conv layers)")
     print(f"fp32 peak, derived: {how}")
-    print(f"fp32 ceiling, measured: {bare.matmul_gflops:.0f} GFLOP/s (4096^3 matmul, TensorFlow, "
-          f"{cores} threads)")
+    ceiling = max(bare.tf_matmul_gflops, bare.blas_matmul_gflops)
+    print(f"fp32 ceiling, measured: {ceiling:.0f} GFLOP/s, the best 4096^3 matmul of 5 on "
+          f"{cores} threads (TensorFlow {bare.tf_matmul_gflops:.0f}, "
+          f"numpy/OpenBLAS {bare.blas_matmul_gflops:.0f})")
     print(f"{'method':<44}{'seconds':>9}{'images/s':>10}{'GFLOP/s':>9}{'% derived':>10}"
           f"{'% measured':>11}")
     for name, s in [("(a) bare Keras predict, 1 process", a_s),
@@ -195,10 +265,15 @@ def main() -> None:
                     ("(b) Spark featurize, warm workers", timings[1])]:
         rate = n * gflop / s
         print(f"{name:<44}{s:>9.1f}{n / s:>10.1f}{rate:>9.0f}{100 * rate / peak:>9.0f}%"
-              f"{100 * rate / bare.matmul_gflops:>10.0f}%")
+              f"{100 * rate / ceiling:>10.0f}%")
     print(f"ratio b/a (images/s): cold {a_s / timings[0]:.2f}, warm {a_s / timings[1]:.2f}; "
           f"b/(a+): cold {bare.with_decode / timings[0]:.2f}, warm {bare.with_decode / timings[1]:.2f}")
     print(f"Spark vs bare Keras features: min cosine {cosine(a_features, b_features).min():.6f}")
+    print(f"(d) from launch to exit: ./spark-submit.sh featurize {job:.1f} s, one plain Python "
+          f"process (import TF, build, read, decode, embed, write Parquet) {plain:.1f} s: "
+          f"ratio {job / plain:.2f}; fixed cost of the job over the warm rate "
+          f"{job - timings[1]:.1f} s, of the plain process over its loop "
+          f"{plain - bare.with_decode:.1f} s")
     if args.bf16:
         bf16 = bare_keras(images, files, args, cache, "bf16")
         c_s, c_features = bf16.seconds, bf16.features

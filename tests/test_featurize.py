@@ -85,9 +85,11 @@ def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, featurize
     products = tables.read("products")
     old = tables.read("features").drop("layers").limit(3)  # written before `layers` existed
     spec = prepare_model(spark, "vgg16", "imagenet", featurized.featurize.weights_cache, 80, 60)
-    todo, keep = plan_featurize(products, old, spec)
+    todo, status = plan_featurize(products, old, spec)
     assert todo.count() == products.count()
-    assert keep.count() == 3 and keep.where(F.col("layers").isNull()).count() == 3
+    kept = status.where("keep")
+    assert kept.count() == 3 and kept.where(F.col("layers").isNull()).count() == 3
+    assert status.where("reuse").count() == 0
 
 
 def test_weights_converted_in_two_caches_work_in_one_session(spark, featurized, tmp_path):

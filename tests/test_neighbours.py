@@ -8,12 +8,12 @@ from pyspark.sql import types as T
 
 from lookbook.similarity.knn import (
     best_per_row,
-    block_count,
     block_top_k,
     chunked_blocks,
     l2_normalise,
     nearest_neighbours,
 )
+from lookbook.tasks import balanced_partitions
 
 from reference import assert_exact_top_k
 
@@ -60,10 +60,11 @@ def test_candidate_blocks_are_chunked_under_the_byte_limit():
     assert chunked_blocks({}, 100) == []
 
 
-def test_blocks_are_as_many_as_needed_rounded_up_to_the_cores():
-    assert block_count(44441, 4096, 2) == 12
-    assert block_count(300, 64, 2) == 6 and block_count(256, 64, 4) == 4
-    assert block_count(0, 64, 2) == 2 and block_count(10, 64, 1) == 1
+def test_partitions_are_as_many_as_needed_rounded_up_to_the_cores():
+    assert balanced_partitions(44441, 4096, 2) == 12
+    assert balanced_partitions(6000, 2048, 2) == 4  # not 3: one core would idle a third
+    assert balanced_partitions(300, 64, 2) == 6 and balanced_partitions(256, 64, 4) == 4
+    assert balanced_partitions(0, 64, 2) == 2 and balanced_partitions(10, 64, 1) == 1
 
 
 def test_a_pair_scores_the_same_in_blocks_of_any_shape():
@@ -115,7 +116,7 @@ def test_spark_top_k_is_exact(spark, block_rows, broadcast_max_bytes):
     result, path = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, block_rows,
                                       broadcast_max_bytes)
     cores = spark.sparkContext.defaultParallelism
-    chunks = 1 if broadcast_max_bytes else block_count(len(ids), block_rows, cores)
+    chunks = 1 if broadcast_max_bytes else balanced_partitions(len(ids), block_rows, cores)
     assert f"x {chunks} broadcast candidate chunk(s)" in path
     got = result.toPandas()
     assert len(got) == 5 * len(ids)
@@ -153,17 +154,48 @@ def test_the_reference_catches_wrong_answers(spark):
             assert_exact_top_k(wrong, ids, vectors, 3, images=shas)
 
 
-def test_candidates_restricted_to_the_same_group(spark):
+@pytest.mark.parametrize("broadcast_max_bytes", [0, 10**9])  # packed blocks; ranges
+def test_candidates_restricted_to_the_same_group(spark, broadcast_max_bytes):
     ids, vectors, shas, genders = catalogue(n=120)
-    result, _ = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 50, 0,
-                                   group_columns=["gender"])
+    result, _ = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 50,
+                                   broadcast_max_bytes, group_columns=["gender"])
     got = result.toPandas()
     assert len(got) == 5 * len(ids)
     assert_exact_top_k(got, ids, vectors, 5, images=shas, groups=genders)
 
 
-def test_fewer_products_than_k(spark):
+@pytest.mark.parametrize("broadcast_max_bytes", [0, 10**9])
+def test_fewer_products_than_k(spark, broadcast_max_bytes):
     ids, vectors, shas, genders = catalogue(n=4)
-    got = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 2, 0)[0].toPandas()
+    got = nearest_neighbours(frame(spark, ids, vectors, shas, genders), 5, 2,
+                             broadcast_max_bytes)[0].toPandas()
     assert got.groupby("product_id").size().tolist() == [3, 3, 3, 3]
     assert_exact_top_k(got, ids, vectors, 5, images=shas)
+
+
+def test_no_products_no_neighbours(spark):
+    ids, vectors, shas, genders = catalogue(n=4)
+    empty = frame(spark, ids, vectors, shas, genders).limit(0)
+    result, path = nearest_neighbours(empty, 5, 64, 10**9)
+    assert result.count() == 0 and path == "no products"
+
+
+def test_packed_blocks_are_as_many_as_planned_from_uneven_partitions(spark):
+    """44,441 rows in 4 partitions of 11,110 or 11,111, and 3,704 a block: 12 blocks, not
+    13 (one more small block would be a wave of its own on 2 cores), none over block_rows."""
+    from pyspark.sql import functions as F
+
+    from lookbook.similarity.knn import blocks_of
+
+    rows = (spark.range(44441).repartition(4)
+            .select(F.col("id").alias("product_id"),
+                    F.array(F.lit(1.0), (F.col("id") % 7).cast("double")).cast("array<float>")
+                    .alias("embedding"), F.col("id").cast("string").alias("sha256")))
+    sizes = sorted(r["count"] for r in
+                   rows.groupBy(F.spark_partition_id()).count().collect())
+    assert len(sizes) == 4 and sizes[0] != sizes[-1]
+    blocks = blocks_of(rows, 4096, []).select(F.length("ids").alias("bytes")).collect()
+    cores = spark.sparkContext.defaultParallelism
+    assert len(blocks) == balanced_partitions(44441, 4096, cores)
+    assert max(b["bytes"] for b in blocks) <= 4096 * 8
+    assert sum(b["bytes"] for b in blocks) == 44441 * 8

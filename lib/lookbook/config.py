@@ -161,7 +161,8 @@ class NeighboursSettings:
     block_rows: int = 4096
     # Candidates are broadcast in chunks of at most this many bytes, one pass a chunk: a Python
     # worker holds one chunk and one query block, the driver one chunk. The real catalogue's
-    # 44k x 1024 features (174 MiB) are one chunk.
+    # 44k x 1024 features (174 MiB) are one chunk: broadcast once from the driver, each task
+    # searching a range of it, with no blocks packed in Spark.
     broadcast_max_bytes: int = 256 * 1024 * 1024
     # Candidates must share these products columns with the query, e.g. [gender]; [] = any.
     same: list[str] = field(default_factory=list)

@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from ..io.files import ship_file
 from ..io.images import to_array
+from ..tasks import balanced_partitions
 
 EMBED_SCHEMA = T.StructType([
     T.StructField("embedding", T.ArrayType(T.FloatType())),
@@ -198,8 +199,10 @@ def embed_images(images: DataFrame, spec: FeatureModelSpec, image_col: str = "im
 
     @F.pandas_udf(EMBED_SCHEMA)
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = cached_model(spec, SparkFiles.get(spec.weights_file))
         for content in batches:
+            # Looked up per batch, built on the first: an empty partition (nothing left to
+            # do) never imports TensorFlow.
+            model = cached_model(spec, SparkFiles.get(spec.weights_file))
             yield embed_batch(model, list(content), spec)
 
     out = images.withColumn("_embedded", embed(image_col))
@@ -226,23 +229,32 @@ def settings_equal(settings: dict):
 
 
 def plan_featurize(images: DataFrame, existing: DataFrame | None, spec: FeatureModelSpec,
-                   key: str = "product_id") -> tuple[DataFrame, DataFrame]:
-    """(images still to featurise, existing feature rows to keep), `key` naming an image
+                   key: str = "product_id") -> tuple[DataFrame, DataFrame | None]:
+    """(images still to featurise, what becomes of each existing row), `key` naming an image
     (a product's id, or an augmented copy's image_key).
 
     An image is done when a row with the same settings and the same image sha256 exists.
     Rows of other settings are kept while their image is; rows of these settings for images
     that have changed or are gone, or whose embeddings are not usable, are dropped (the
-    last are computed again)."""
+    last are computed again). The second frame has one row per existing row, without its
+    embedding: `key`, sha256, the setting columns, `reuse` (a row of these settings for the
+    current image, usable) and `keep` (its image is current, and it is reused or of other
+    settings). Persist it: the plan's counts and the rows that leave all come from it, so
+    the table's embeddings are read once."""
     if existing is None:
         return images, None
-    existing = with_setting_columns(existing)
-    current = images.select(key, "sha256")
-    mine = (existing.filter(settings_match(spec)).filter(usable_embedding())
-            .join(current, [key, "sha256"], "left_semi"))
-    others = existing.filter(~settings_match(spec)).join(current, [key, "sha256"], "left_semi")
-    todo = images.join(mine.select(key, "sha256"), [key, "sha256"], "left_anti")
-    return todo, others.unionByName(mine)
+    current = images.select(key, "sha256", F.lit(True).alias("current"))
+    rows = (with_setting_columns(existing)
+            .select(key, "sha256", *SETTING_COLUMNS, settings_match(spec).alias("mine"),
+                    F.coalesce(usable_embedding(), F.lit(False)).alias("usable"))
+            .join(current, [key, "sha256"], "left")
+            .fillna(False, subset=["current"]))
+    status = rows.select(key, "sha256", *SETTING_COLUMNS,
+                         (F.col("current") & F.col("mine") & F.col("usable")).alias("reuse"),
+                         (F.col("current") & (~F.col("mine") | F.col("usable"))).alias("keep"))
+    todo = images.join(status.where("reuse").select(key, "sha256"), [key, "sha256"],
+                       "left_anti")
+    return todo, status
 
 
 def with_setting_columns(existing: DataFrame) -> DataFrame:
@@ -256,10 +268,17 @@ def with_setting_columns(existing: DataFrame) -> DataFrame:
 def featurize_products(images: DataFrame, spec: FeatureModelSpec, rows_per_partition: int,
                        ids: tuple[str, ...] = ("product_id",)) -> DataFrame:
     """`ids`, sha256, settings columns, embedding, error for every image given."""
-    n = images.count()
-    partitions = max(images.sparkSession.sparkContext.defaultParallelism,
-                     -(-n // rows_per_partition))
-    embedded = embed_images(images.select(*ids, "sha256", "image").repartition(partitions), spec)
+    spread = spread_images(images.select(*ids, "sha256", "image"), images.count(),
+                           rows_per_partition)
+    embedded = embed_images(spread, spec)
     for name, value in spec.settings().items():
         embedded = embedded.withColumn(name, F.lit(value))
     return embedded.select(*ids, "sha256", *SETTING_COLUMNS, "embedding", "error")
+
+
+def spread_images(images: DataFrame, n: int, rows_per_partition: int) -> DataFrame:
+    """`images` (`n` rows) in partitions of at most `rows_per_partition` rows, their number a
+    multiple of the cores (`session.balanced_partitions`): the unit of work of the image
+    UDFs."""
+    cores = images.sparkSession.sparkContext.defaultParallelism
+    return images.repartition(balanced_partitions(n, rows_per_partition, cores))

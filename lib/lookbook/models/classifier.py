@@ -24,6 +24,7 @@ from ..features.featurize import (
     limit_tf_threads,
     run_on_images,
     settings_equal,
+    spread_images,
     usable_embedding,
 )
 from ..io.files import ship_file
@@ -255,8 +256,8 @@ def classify_features(features: DataFrame, trained: TrainedClassifier, threads: 
 
     @F.pandas_udf(PREDICT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        head = cached_classifier(SparkFiles.get(head_file), threads)
-        for embeddings in batches:
+        for embeddings in batches:  # the head is loaded on the first batch, as in featurize
+            head = cached_classifier(SparkFiles.get(head_file), threads)
             yield classify_embeddings(head, list(embeddings), labels)
 
     out = features.withColumn("_classified", classify("embedding"))
@@ -293,10 +294,9 @@ def classify_products(products: DataFrame, features: DataFrame | None,
         parts.append(classify_features(by_features.drop("sha256"), trained, threads)
                      .withColumn("input", F.lit("features")))
     if n or by_features is None:
-        partitions = max(products.sparkSession.sparkContext.defaultParallelism,
-                         -(-n // rows_per_partition))
-        parts.append(classify_images(by_image.drop("sha256").repartition(partitions), trained,
-                                     batch_size, threads).withColumn("input", F.lit("image")))
+        spread = spread_images(by_image.drop("sha256"), n, rows_per_partition)
+        parts.append(classify_images(spread, trained, batch_size, threads)
+                     .withColumn("input", F.lit("image")))
     return reduce(DataFrame.unionByName, parts)
 
 
@@ -310,8 +310,8 @@ def classify_images(images: DataFrame, trained: TrainedClassifier, batch_size: i
 
     @F.pandas_udf(PREDICT_SCHEMA)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = cached_classifier(SparkFiles.get(model_file), threads)
-        for content in batches:
+        for content in batches:  # the model is loaded on the first batch, as in featurize
+            model = cached_classifier(SparkFiles.get(model_file), threads)
             yield classify_batch(model, list(content), labels, height, width, batch_size)
 
     out = images.withColumn("_classified", classify(image_col))

@@ -15,6 +15,7 @@ from ..io.catalog import Catalog
 from ..io.ingest import catalogue_changes
 from ..reports.augment import counts_table, gallery_parents, plot_copies
 from ..reports.html import write_html
+from ..tasks import balanced_partitions
 from .base import (
     StepResult,
     catalog,
@@ -78,7 +79,7 @@ def augment(spark: SparkSession, cfg: Config) -> StepResult:
     todo = todo.select("product_id", F.col("sha256").alias("parent_sha256"),
                        *LABEL_COLUMNS, "image", "copies").persist()
     n_todo = todo.agg(F.sum("copies")).first()[0] or 0
-    partitions = max(spark.sparkContext.defaultParallelism, -(-n_todo // 1024))
+    partitions = balanced_partitions(n_todo, 1024, spark.sparkContext.defaultParallelism)
     started = time.time()
     made = make_copies(todo, a.seed, transform_ranges(a), partitions).persist()
     failed = made.where(F.col("error").isNotNull()).select("image_key", "error").collect()

@@ -15,7 +15,6 @@ from ..features.featurize import (
     plan_featurize,
     prepare_model,
     settings_match,
-    with_setting_columns,
 )
 from ..io.catalog import Catalog, table_spec
 from .base import StepResult, catalog, committed, step, written_metrics, written_summary
@@ -45,28 +44,30 @@ def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str,
 
 @dataclass
 class FeaturizePlan:
-    """What featurize does to one features table: images to compute, rows that leave
-    (persisted; `release` when done), how many rows of these settings are reused."""
+    """What featurize does to one features table: images to compute, rows that leave (keys;
+    `release` when done), how many rows of these settings are reused."""
     todo: DataFrame
     stale: DataFrame | None
     kept: int
     n_stale: int
+    status: DataFrame | None = None  # persisted: what becomes of each existing row
 
     def release(self) -> None:
-        if self.stale is not None:
-            self.stale.unpersist()
+        if self.status is not None:
+            self.status.unpersist()
 
 
 def plan_table(tables: Catalog, name: str, images: DataFrame, spec: FeatureModelSpec,
                key: str) -> FeaturizePlan:
     existing = tables.read_latest(name) if tables.exists(name) else None
-    todo, keep = plan_featurize(images, existing, spec, key)
-    if existing is None:
+    todo, status = plan_featurize(images, existing, spec, key)
+    if status is None:
         return FeaturizePlan(todo, None, 0, 0)
-    keys = list(table_spec(name).keys)
-    stale = with_setting_columns(existing).select(*keys).exceptAll(keep.select(*keys)).persist()
-    return FeaturizePlan(todo, stale, keep.filter(settings_match(spec)).count(),
-                         stale.count())
+    status = status.persist()
+    counts = status.agg(F.count_if("reuse").alias("kept"),
+                        F.count_if(~F.col("keep")).alias("stale")).first()
+    stale = status.where(~F.col("keep")).select(*table_spec(name).keys)
+    return FeaturizePlan(todo, stale, counts["kept"], counts["stale"], status)
 
 
 def featurize_copies(tables: Catalog, spec: FeatureModelSpec, rows_per_partition: int,

@@ -1,10 +1,12 @@
 """Exact top-k cosine neighbours of every product, blocked, in bounded memory.
 
-Vectors are L2-normalised and packed into query blocks of at most `block_rows`. The candidates
+Vectors are L2-normalised and split into query blocks of at most `block_rows`. The candidates
 are broadcast in chunks of at most `broadcast_max_bytes`, one pass a chunk, every query block a
 task: FAISS's exact inner-product search (the BLAS kernel of `IndexFlatIP`) shortlists each
 query's best candidates in the chunk; several passes' lists are merged per query. A worker holds
-one query block, one chunk and FAISS's tile; the N x N matrix never exists.
+one query block, one chunk and FAISS's tile; the N x N matrix never exists. When everything is
+one chunk (the real catalogue), the query blocks are ranges of that broadcast; otherwise they
+are packed in Spark.
 
 Exact: the result is brute force's top-k with ties broken by the smaller neighbour id. A
 product is never its own neighbour. Products with identical image bytes (same sha256) have
@@ -23,6 +25,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
+
+from ..tasks import balanced_partitions
 
 log = logging.getLogger(__name__)
 RANKED_SCHEMA = T.StructType([
@@ -112,7 +116,7 @@ def shortlist(query_ids: np.ndarray, queries: np.ndarray, query_images: np.ndarr
         if exclude_same_image:
             allowed &= ~same
         scores[~allowed] = -np.inf
-        kth = -np.partition(-scores, min(k, depth) - 1, axis=1)[:, min(k, depth) - 1] \
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1] \
             if depth >= k else np.full(len(todo), -np.inf, dtype=np.float32)
         threshold = kth - RESCORE_MARGIN
         settled = (depth == len(candidates)) | (raw[:, -1] < threshold)
@@ -165,52 +169,63 @@ def blocks_of(features: DataFrame, block_rows: int, group_columns: list[str]) ->
     the real catalogue. Packed from Arrow directly: pandas would make one Python object a
     vector."""
     n = features.count()
-    n_blocks = block_count(n, block_rows, features.sparkSession.sparkContext.defaultParallelism)
-    group = (F.xxhash64(*[F.coalesce(F.col(c).cast("string"), F.lit("\0")) for c in group_columns])
-             if group_columns else F.lit(0).cast("long"))
-    rows = features.select("product_id", "embedding", F.xxhash64("sha256").alias("image"),
-                           group.alias("group"))
+    n_blocks = balanced_partitions(n, block_rows,
+                                   features.sparkSession.sparkContext.defaultParallelism)
     size = -(-n // n_blocks)
-    packed = rows.coalesce(n_blocks).mapInArrow(lambda batches: pack_partition(batches, size),
-                                                BLOCK_SCHEMA)
+    packed = block_columns(features, group_columns).coalesce(n_blocks).mapInArrow(
+        lambda batches: pack_partition(batches, size, block_rows), BLOCK_SCHEMA)
     return packed.repartition(n_blocks)
 
 
-def block_count(n: int, block_rows: int, cores: int) -> int:
-    """Blocks of at most `block_rows` for `n` products, rounded up to a multiple of `cores`."""
-    needed = max(1, -(-n // block_rows))
-    return -(-needed // cores) * cores
+def block_columns(features: DataFrame, group_columns: list[str]) -> DataFrame:
+    """product_id, embedding, image (hash of the sha256) and group (hash of the group
+    columns; 0 without) of every row of `features`."""
+    group = (F.xxhash64(*[F.coalesce(F.col(c).cast("string"), F.lit("\0")) for c in group_columns])
+             if group_columns else F.lit(0).cast("long"))
+    return features.select("product_id", "embedding", F.xxhash64("sha256").alias("image"),
+                           group.alias("group"))
 
 
-def pack_partition(batches, block_rows: int):
-    """A partition's rows (Arrow record batches) -> BLOCK_SCHEMA rows of at most `block_rows`
-    products each, sorted by product id; block ids unique across partitions."""
+def pack_partition(batches, size: int, block_rows: int):
+    """A partition's rows (Arrow record batches of `block_columns`) -> BLOCK_SCHEMA rows of
+    about `size` products each (never more than `block_rows`: a partition a little larger
+    than a multiple of `size` makes its blocks a little larger, not one more small block),
+    sorted by product id; block ids unique across partitions."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     from pyspark import TaskContext
 
     batches = list(batches)
     table = pa.Table.from_batches(batches) if batches else None
     if table is None or not table.num_rows:
         return
+    ids, vectors, images, groups = block_arrays(table)
+    first_block = TaskContext.get().partitionId() << 32
+    pieces = max(round(len(ids) / size), -(-len(ids) // block_rows), 1)
+    for i, rows in enumerate(np.array_split(np.arange(len(ids)), pieces)):
+        yield pa.RecordBatch.from_pydict({
+            "block": pa.array([first_block + i], pa.int64()),
+            "ids": [ids[rows].tobytes()],
+            "vectors": [vectors[rows].tobytes()],
+            "images": [images[rows].tobytes()],
+            "groups": [groups[rows].tobytes()]}, schema=BLOCK_ARROW_SCHEMA)
+
+
+def block_arrays(table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An Arrow table of `block_columns` -> (ids, L2-normalised float32 vectors, image hashes,
+    group hashes), sorted by product id. From Arrow directly: pandas would make one Python
+    object a vector."""
+    import pyarrow.compute as pc
+
     table = table.take(pc.sort_indices(table, [("product_id", "ascending")]))
     embeddings = table.column("embedding").combine_chunks()
     lengths = pc.list_value_length(embeddings).to_numpy(zero_copy_only=False)
     if len(set(lengths.tolist())) > 1:
         raise ValueError(f"embeddings of different lengths in one table: {sorted(set(lengths))}")
     flat = pc.list_flatten(embeddings).to_numpy(zero_copy_only=False)
-    vectors = l2_normalise(flat.astype(np.float32).reshape(table.num_rows, -1))
-    columns = {name: table.column(name).to_numpy().astype(np.int64)
-               for name in ("product_id", "image", "group")}
-    first_block = TaskContext.get().partitionId() << 32
-    pieces = -(-table.num_rows // block_rows)
-    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), pieces)):
-        yield pa.RecordBatch.from_pydict({
-            "block": pa.array([first_block + i], pa.int64()),
-            "ids": [columns["product_id"][rows].tobytes()],
-            "vectors": [vectors[rows].tobytes()],
-            "images": [columns["image"][rows].tobytes()],
-            "groups": [columns["group"][rows].tobytes()]}, schema=BLOCK_ARROW_SCHEMA)
+    vectors = l2_normalise(flat.astype(np.float32, copy=False).reshape(table.num_rows, -1))
+    ids, images, groups = (table.column(name).to_numpy().astype(np.int64)
+                           for name in ("product_id", "image", "group"))
+    return ids, vectors, images, groups
 
 
 def unpack(row) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -259,14 +274,61 @@ def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
                        broadcast_max_bytes: int, group_columns: list[str] | None = None,
                        exclude_same_image: bool = False) -> tuple[DataFrame, str]:
     """(product_id, rank, neighbour_id, score): every product's top-k among `features`
-    (product_id, embedding, sha256 and the group columns), and how it ran."""
+    (product_id, embedding, sha256 and the group columns), computed and cached, and how it
+    ran. When all the vectors fit in one broadcast chunk (`broadcast_max_bytes`) they go to
+    the driver and back out as one broadcast, each task searching a range of them
+    (`top_k_of_broadcast`): no block is packed or shuffled in Spark. Otherwise they are
+    packed into blocks (`blocks_of`), broadcast chunk by chunk (`top_k_of_blocks`)."""
+    group_columns = group_columns or []
+    n = features.count()
+    if not n:
+        return features.sparkSession.createDataFrame([], RANKED_SCHEMA), "no products"
+    dim = features.select(F.size("embedding")).first()[0]
+    if n * dim * 4 <= broadcast_max_bytes:
+        return top_k_of_broadcast(features, n, k, block_rows, group_columns, exclude_same_image)
     started = time.perf_counter()
-    blocks = blocks_of(features, block_rows, group_columns or []).persist()
+    blocks = blocks_of(features, block_rows, group_columns).persist()
     log.info("neighbours: %d blocks packed in %.1f s", blocks.count(), time.perf_counter() - started)
     try:
         return top_k_of_blocks(blocks, blocks, k, broadcast_max_bytes, exclude_same_image)
     finally:
         blocks.unpersist()
+
+
+def top_k_of_broadcast(features: DataFrame, n: int, k: int, block_rows: int,
+                       group_columns: list[str], exclude_same_image: bool
+                       ) -> tuple[DataFrame, str]:
+    """Every product's top-k among all `n` of `features`, which fit in one broadcast: the
+    driver collects them (Arrow), normalises and broadcasts them once; task i takes the
+    i-th of equal ranges of them as its queries. Ranges, unlike packed blocks, are equal
+    whatever the input's partitions, so every core works to the end of the pass."""
+    spark = features.sparkSession
+    started = time.perf_counter()
+    arrays = block_arrays(block_columns(features, group_columns).toArrow())
+    broadcast = spark.sparkContext.broadcast(arrays)
+    n_blocks = balanced_partitions(n, block_rows, spark.sparkContext.defaultParallelism)
+    bounds = np.linspace(0, n, n_blocks + 1).astype(np.int64)
+    collected = time.perf_counter()
+
+    def scan(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        ids, vectors, images, groups = broadcast.value
+        for batch in batches:
+            for i in batch["id"]:
+                rows = slice(bounds[i], bounds[i + 1])
+                q, found, scores = block_top_k(ids[rows], vectors[rows], images[rows],
+                                               groups[rows], ids, vectors, images, groups, k,
+                                               exclude_same_image)
+                yield ranked(pd.DataFrame({"product_id": q, "neighbour_id": found,
+                                           "score": scores}))
+
+    ranges = spark.range(0, n_blocks, numPartitions=n_blocks)
+    result = ranges.mapInPandas(scan, RANKED_SCHEMA).localCheckpoint()
+    broadcast.unpersist()
+    log.info("neighbours: %d vectors collected and broadcast in %.1f s, %d ranges searched in "
+             "%.1f s", n, collected - started, n_blocks, time.perf_counter() - collected)
+    size = arrays[1].nbytes
+    return result, (f"{n_blocks} query blocks x 1 broadcast candidate chunk(s) of "
+                    f"<= {size / 2**20:.0f} MiB")
 
 
 def top_k_of_blocks(queries: DataFrame, candidates: DataFrame, k: int,
