@@ -41,7 +41,7 @@ demo: setup
 	fi
 
 test: setup
-	$(PY) -m pytest -ra --durations=15 tests
+	$(PY) -m pytest -ra --durations=40 tests
 
 # The tests that need neither the real catalogue nor a trained model (about 8.5 minutes on 2 cores).
 test-fast: setup

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import zipfile
@@ -107,13 +108,17 @@ def summary_table(rows: list[tuple[str, float, str]]) -> str:
 
 
 def package(out_zip: str) -> Path:
-    """The lookbook package as a zip for spark-submit --py-files (executors import it)."""
+    """The lookbook package as a zip for spark-submit --py-files (executors import it).
+    Written beside and renamed into place: a job started at the same time may be reading
+    the zip this one replaces."""
     source = Path(__file__).resolve().parent
     out = Path(out_zip)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+    partial = out.with_name(f".{os.getpid()}.{out.name}")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(source.rglob("*.py")):
             zf.write(path, Path("lookbook") / path.relative_to(source))
+    os.replace(partial, out)
     return out
 
 
