@@ -278,7 +278,7 @@ def featurize_products(images: DataFrame, spec: FeatureModelSpec, rows_per_parti
 
 def spread_images(images: DataFrame, n: int, rows_per_partition: int) -> DataFrame:
     """`images` (`n` rows) in partitions of at most `rows_per_partition` rows, their number a
-    multiple of the cores (`session.balanced_partitions`): the unit of work of the image
+    multiple of the cores (`tasks.balanced_partitions`): the unit of work of the image
     UDFs."""
     cores = images.sparkSession.sparkContext.defaultParallelism
     return images.repartition(balanced_partitions(n, rows_per_partition, cores))
