@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
@@ -44,7 +44,7 @@ def plain_python(parents: list[tuple[int, bytes]], copies: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared/data/fashion"))
+    real_data_args(parser, n=None)
     parser.add_argument("--parents", type=int, default=1000)
     parser.add_argument("--copies", type=int, default=4)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
@@ -77,7 +77,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--warehouse", required=True)
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared/data/fashion"))
+    real_data_args(parser, n=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME=key=value,key=value: augment settings to compare (default: "

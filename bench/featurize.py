@@ -34,17 +34,16 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from machine import cpu_line  # noqa: E402  (bench/machine.py)
+from machine import cpu_line, first_products, real_data_args  # noqa: E402  (bench/machine.py)
 
 
 def real_slice(data_dir: Path, n: int, out: Path) -> Path:
     """The first n rows of styles.csv with their images linked (not copied)."""
-    lines = (data_dir / "styles.csv").read_text().splitlines()
+    header, rows, images = first_products(data_dir, n)
     (out / "images").mkdir(parents=True)
-    (out / "styles.csv").write_text("\n".join(lines[:n + 1]) + "\n")
-    for line in lines[1:n + 1]:
-        pid = line.split(",")[0]
-        os.symlink(data_dir / "images" / f"{pid}.jpg", out / "images" / f"{pid}.jpg")
+    (out / "styles.csv").write_text("\n".join([header, *rows]) + "\n")
+    for image in images:
+        os.symlink(image, out / "images" / image.name)
     return out
 
 def fma_shape(vendor: str, family: int, flags: set[str]) -> tuple[int, int]:
@@ -208,9 +207,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def main() -> None:
     print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir",
-                        default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion"))
-    parser.add_argument("--n", type=int, default=2000)
+    real_data_args(parser)
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--height", type=int, default=80)
     parser.add_argument("--width", type=int, default=60)

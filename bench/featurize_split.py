@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, first_products, real_data_args  # bench/machine.py
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 LOOP = r'''
@@ -53,13 +53,9 @@ def run(groups: list[list[str]], threads: int) -> float:
 def main() -> None:
     print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir",
-                        default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion"))
-    parser.add_argument("--n", type=int, default=2000)
+    real_data_args(parser)
     args = parser.parse_args()
-    data = Path(args.data_dir)
-    lines = (data / "styles.csv").read_text().splitlines()[1:args.n + 1]
-    files = [str(data / "images" / f"{line.split(',')[0]}.jpg") for line in lines]
+    files = [str(f) for f in first_products(Path(args.data_dir), args.n)[2]]
     cores = os.cpu_count()
     for _ in range(2):
         one = run([files], cores)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 
 from lookbook.config import load_config
 from lookbook.io.images import inspect_image
@@ -44,7 +44,7 @@ def read_checked(files: list[Path], max_pixels: int) -> float:
 def main() -> None:
     print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data/fashion")
+    real_data_args(parser, n=None)
     parser.add_argument("--master", default="local[*]")
     args = parser.parse_args()
     files = sorted((Path(args.data_dir) / "images").iterdir())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 
 from lookbook.features.backbones import build_feature_model, resolve_weights  # noqa: E402
 from lookbook.io.images import to_array  # noqa: E402
@@ -64,7 +64,7 @@ def head_errors(x: np.ndarray, y: np.ndarray, part: np.ndarray, classes: int) ->
 def main() -> None:
     print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data/fashion")
+    real_data_args(parser, n=None)
     parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--height", type=int, default=80)
     parser.add_argument("--width", type=int, default=60)

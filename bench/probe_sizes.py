@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 from PIL import Image  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -37,7 +37,6 @@ from lookbook.features.backbones import build_feature_model, resolve_weights  # 
 from lookbook.io.images import to_rgb  # noqa: E402
 from lookbook.io.styles import first_products_per_article_type  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 
@@ -87,16 +86,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20, help="commonest articleTypes")
     parser.add_argument("--sizes", type=parse_size, nargs="+",
                         default=[(80, 60), (160, 120)], help="HEIGHTxWIDTH")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get(
-        "LOOKBOOK_REAL_DATA", REPO.parent / "shared" / "data" / "fashion")))
+    real_data_args(parser, n=None)
     parser.add_argument("--weights-cache", default=str(Path.home() / ".cache/lookbook/weights"))
     args = parser.parse_args()
     # Rebuilding models retraces predict on purpose; dead ReLU units have zero spread.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", "self.within_class_std_dev_", UserWarning)
 
-    products, labels = choose_products(args.data_dir, args.n, args.classes)
-    images = load_images(args.data_dir, products, args.sizes)
+    products, labels = choose_products(Path(args.data_dir), args.n, args.classes)
+    images = load_images(Path(args.data_dir), products, args.sizes)
     pretrained = resolve_weights("vgg16", "imagenet", args.weights_cache)
     variants = [("imagenet", pretrained),
                 ("imagenet", dataclasses.replace(pretrained, preprocessing="keras:vgg16")),

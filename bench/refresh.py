@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_line  # bench/machine.py
+from machine import cpu_line, real_data_args  # bench/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ["products", "rejects", "features", "feature_rejects", "predictions",
@@ -116,7 +116,7 @@ def change_catalogue(root: Path, fraction: float, seed: int) -> dict[str, int]:
 def main() -> None:
     print(cpu_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="../shared/data/fashion")
+    real_data_args(parser, n=None)
     parser.add_argument("--work", default="/tmp/lookbook-refresh-bench")
     parser.add_argument("--fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(true: list[str], probabilities: np.ndarray, labels: list[str],
@@ -11,6 +10,9 @@ def classification_metrics(true: list[str], probabilities: np.ndarray, labels: l
     """Accuracy, top-2 accuracy, macro and weighted F1, macro F1 over classes with at least
     `min_support` test examples, per-class precision/recall/F1/support (every label, support 0
     included: a class too small to test is listed, not dropped) and the confusion matrix."""
+    # Imported here: scikit-learn costs every job's driver a second, and only evaluate needs it.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[t] for t in true])
     predicted = probabilities.argmax(axis=1)

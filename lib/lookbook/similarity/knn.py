@@ -159,7 +159,8 @@ def ranked(pairs: pd.DataFrame) -> pd.DataFrame:
 
 # --- Spark ----------------------------------------------------------------------------------
 
-def blocks_of(features: DataFrame, block_rows: int, group_columns: list[str]) -> DataFrame:
+def blocks_of(features: DataFrame, block_rows: int, group_columns: list[str],
+              n: int | None = None) -> DataFrame:
     """One row per block: ids, normalised vectors, image hashes and group keys as raw arrays,
     one block a partition. `features` has product_id, embedding, sha256 and the group
     columns. Blocks hold at most `block_rows` products, their number a multiple of the
@@ -167,8 +168,8 @@ def blocks_of(features: DataFrame, block_rows: int, group_columns: list[str]) ->
     matter (any partition is exact), so rows are packed where they are (partitions only
     coalesced) and the packed blocks shuffled, not the vectors as arrays: half the time on
     the real catalogue. Packed from Arrow directly: pandas would make one Python object a
-    vector."""
-    n = features.count()
+    vector. `n`: the rows of `features` where the caller has counted them already."""
+    n = features.count() if n is None else n
     n_blocks = balanced_partitions(n, block_rows,
                                    features.sparkSession.sparkContext.defaultParallelism)
     size = -(-n // n_blocks)
@@ -287,7 +288,7 @@ def nearest_neighbours(features: DataFrame, k: int, block_rows: int,
     if n * dim * 4 <= broadcast_max_bytes:
         return top_k_of_broadcast(features, n, k, block_rows, group_columns, exclude_same_image)
     started = time.perf_counter()
-    blocks = blocks_of(features, block_rows, group_columns).persist()
+    blocks = blocks_of(features, block_rows, group_columns, n).persist()
     log.info("neighbours: %d blocks packed in %.1f s", blocks.count(), time.perf_counter() - started)
     try:
         return top_k_of_blocks(blocks, blocks, k, broadcast_max_bytes, exclude_same_image)
