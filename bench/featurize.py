@@ -99,7 +99,8 @@ import keras
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'lib')!r})
 if {precision!r} == "bf16":
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.features.backbones import resolve_weights
+from lookbook.features.feature_model import build_feature_model
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from featurize import conv_gflop_per_image
 images = np.load(sys.argv[1])
@@ -152,7 +153,8 @@ PLAIN_PROCESS = """
 import os, sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count())
 sys.path.insert(0, {lib!r})
-from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.features.backbones import resolve_weights
+from lookbook.features.feature_model import build_feature_model
 from lookbook.io.images import to_array
 model = build_feature_model({backbone!r}, resolve_weights({backbone!r}, "imagenet", {cache!r}),
                             {height}, {width})

@@ -25,7 +25,8 @@ tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 sys.path.insert(0, LIB)
 from lookbook.config import FeaturizeSettings
-from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.features.backbones import resolve_weights
+from lookbook.features.feature_model import build_feature_model
 from lookbook.io.images import to_array
 cache = os.path.expanduser(FeaturizeSettings().weights_cache)
 model = build_feature_model("vgg16", resolve_weights("vgg16", "imagenet", cache), 80, 60)

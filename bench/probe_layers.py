@@ -25,7 +25,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from machine import cpu_line, real_data_args  # bench/machine.py
 
-from lookbook.features.backbones import build_feature_model, resolve_weights  # noqa: E402
+from lookbook.features.backbones import resolve_weights  # noqa: E402
+from lookbook.features.feature_model import build_feature_model  # noqa: E402
 from lookbook.io.images import to_array  # noqa: E402
 from lookbook.models import classifier as clf  # noqa: E402
 from lookbook.models.split import split_of  # noqa: E402

@@ -33,7 +33,8 @@ from sklearn.neighbors import NearestCentroid  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from lookbook.features.backbones import build_feature_model, resolve_weights  # noqa: E402
+from lookbook.features.backbones import resolve_weights  # noqa: E402
+from lookbook.features.feature_model import build_feature_model  # noqa: E402
 from lookbook.io.images import to_rgb  # noqa: E402
 from lookbook.io.styles import first_products_per_article_type  # noqa: E402
 

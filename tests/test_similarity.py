@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
-from lookbook.features.backbones import build_feature_model, resolve_weights
+from lookbook.features.backbones import resolve_weights
+from lookbook.features.feature_model import build_feature_model
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
 from lookbook.pipelines.similarity import (

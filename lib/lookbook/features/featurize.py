@@ -86,8 +86,6 @@ def weights_label(source: str, digest: str) -> str:
 def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
     """A weights file for the backbone: the resolved one, or one saved from Keras' own
     download / a seeded random initialisation."""
-    import keras
-
     from .backbones import RANDOM_SOURCE, get_backbone
 
     if resolved.path is not None:
@@ -95,6 +93,8 @@ def materialise_weights(backbone: str, resolved, cache_dir: Path) -> Path:
     random = resolved.source == RANDOM_SOURCE
     target = cache_dir / f"{backbone}_{'random-seed0' if random else 'keras-imagenet'}.weights.h5"
     if not target.exists():
+        import keras
+
         keras.utils.set_random_seed(0)
         base = get_backbone(backbone).constructor(include_top=False,
                                                   weights=None if random else "imagenet")
@@ -138,7 +138,8 @@ def build_model(spec: FeatureModelSpec, weights_path: str):
     limit_tf_threads(spec.threads)
     import keras
 
-    from .backbones import ResolvedWeights, build_feature_model
+    from .backbones import ResolvedWeights
+    from .feature_model import build_feature_model
 
     resolved = ResolvedWeights(weights_path, spec.weights, spec.preprocessing)
     # Keras' dtype policy is process-global and layers take it when they are built: set it for
