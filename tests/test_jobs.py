@@ -62,7 +62,10 @@ def pipeline_run(tmp_path_factory):
                  f"warehouse={warehouse}",
                  "spark.master=local[2]", "spark.driver_memory=2g",
                  f"featurize.weights_cache={tmp / 'weights'}",
-                 "augment.enabled=true", "augment.target_per_class=15", "augment.max_factor=3")
+                 "augment.enabled=true", "augment.target_per_class=15", "augment.max_factor=3",
+                 # The steps and their records are under test here, not the model's quality
+                 # (test_classifier's): a few epochs, not the default's early-stopped dozens.
+                 "train.epochs=4")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out, made, warehouse
 
