@@ -72,15 +72,18 @@ def fp32_peak_gflops() -> tuple[float, str]:
     return peak, how
 
 def conv_gflop_per_image(model) -> float:
-    """Multiply-adds of every Conv2D (x2 flops), from the layers' output shapes."""
+    """Multiply-adds of every convolution, depthwise ones included (x2 flops), from the
+    layers' output shapes."""
     import keras
 
     total = 0
     for layer in _all_layers(model):
-        if isinstance(layer, keras.layers.Conv2D):
-            kh, kw, cin, cout = layer.kernel.shape
-            _, h, w, _ = layer.output.shape
-            total += 2 * h * w * kh * kw * cin * cout
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            # An output of a Conv2D sums all its inputs; a depthwise one, one input channel.
+            kh, kw, cin, _ = layer.kernel.shape
+            _, h, w, cout = layer.output.shape
+            inputs_per_output = cin if isinstance(layer, keras.layers.Conv2D) else 1
+            total += 2 * h * w * kh * kw * inputs_per_output * cout
     return total / 1e9
 
 def _all_layers(model):
