@@ -9,8 +9,9 @@ legacy format is a few pickles followed by the raw storages, read here with an u
 accepts tensors and nothing else, behind a sha256 pin like the VGG16 one.
 
 The network: EfficientNet-B0 without squeeze-excitation, ReLU6 instead of swish, stem 32 and head
-1280 filters, BatchNorm epsilon 1e-3, TensorFlow "same" padding (the PyTorch port pads the same
-way, extra pixel at the bottom/right). Its weights expect RGB normalised as (x - 127) / 128.
+1280 filters, BatchNorm epsilon 1e-3, TensorFlow "same" padding (extra pixel at the bottom/right,
+as Google's original; the PyTorch port computes the same pads once, for the size it is built
+for). Its weights expect RGB normalised as (x - 127) / 128.
 """
 from __future__ import annotations
 
