@@ -104,14 +104,18 @@ def jvm_class_archive():
         dumped = archive.with_name(f".{os.getpid()}.{archive.name}")  # renamed when complete
         env = {**os.environ, "PYSPARK_SUBMIT_ARGS":
                f'--driver-java-options "-XX:ArchiveClassesAtExit={dumped}" pyspark-shell'}
-        done = subprocess.run([sys.executable, "-c", CLASS_ARCHIVE_WORKLOAD, str(work / "table")],
-                              capture_output=True, text=True, env=env, timeout=300)
-        if done.returncode != 0 or not dumped.exists():
-            warnings.warn(f"no JVM class archive (JVMs start as before): {done.stderr[-1000:]}",
-                          stacklevel=1)
-            return
-        os.replace(dumped, archive)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            done = subprocess.run([sys.executable, "-c", CLASS_ARCHIVE_WORKLOAD,
+                                   str(work / "table")],
+                                  capture_output=True, text=True, env=env, timeout=300)
+            if done.returncode != 0 or not dumped.exists():
+                warnings.warn("no JVM class archive (JVMs start as before): "
+                              f"{done.stderr[-1000:]}", stacklevel=1)
+                return
+            os.replace(dumped, archive)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            dumped.unlink(missing_ok=True)  # a partial archive of a failed dump
     os.environ["JAVA_TOOL_OPTIONS"] += (f" -XX:SharedArchiveFile={archive}"
                                         " -Xlog:cds=off -Xlog:cds+dynamic=off")
 

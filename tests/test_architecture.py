@@ -17,11 +17,12 @@ from lookbook.pipelines.runner import job_names
 from conftest import REPO
 
 PACKAGE = REPO / "lib" / "lookbook"
-DOMAIN = ("io", "augment", "features", "models", "similarity", "reports", "sql")
+DOMAIN = ("io", "augment", "features", "models", "similarity", "reports", "sql", "compare")
 # What each domain package may import from lookbook, besides itself.
 ALLOWED = {"io": set(), "augment": {"io", "models"}, "features": {"io"},
            "models": {"io", "features"},
-           "similarity": {"io"}, "reports": {"io"}, "sql": {"io"}}
+           "similarity": {"io"}, "reports": {"io"}, "sql": {"io"},
+           "compare": {"io", "augment", "features", "similarity", "reports"}}
 LEAVES = {"faults", "tasks"}  # top-level modules that import nothing of lookbook: any package may use them
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from lookbook.config import DEFAULT_CONFIG, ConfigError, load_config, valid_keys
+from lookbook.config import DEFAULT_CONFIG, ConfigError, load_config, parse_size, valid_keys
 
 REPO_CONF = DEFAULT_CONFIG.parent
 
@@ -55,10 +55,22 @@ def test_list_overrides_and_training_sections():
     ("train.mode=full", "train.mode must be"),
     ("train.class_weights=inverse", "class_weights must be one of"),
     ("split.train=0.95", "test gets the rest"),
+    ("compare.sizes=80by60", "a size is HEIGHTxWIDTH"),
+    ("compare.sizes=80x0", "a size is HEIGHTxWIDTH"),
+    ("compare.precisions=fp16", "compare.precisions must be among"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_comma_separated_lists_on_the_command_line():
+    cfg = load_config(None, ["compare.backbones=vgg16, efficientnetlite0",
+                             "compare.sizes=80x60,160x120", "train.dense_units=64,32"])
+    assert cfg.compare.backbones == ["vgg16", "efficientnetlite0"]
+    assert cfg.compare.sizes == ["80x60", "160x120"]
+    assert cfg.train.dense_units == [64, 32]
+    assert parse_size("160x120") == (160, 120)
 
 
 def test_unknown_key_error_lists_valid_keys():

@@ -36,7 +36,8 @@ def parse_job_args(job: str, argv: list[str]) -> Config:
 SHORTHANDS = {"similar": ("image", "product_id", "k"), "pipeline": ("name",),
               "vacuum": ("dry_run", "retention_hours"), "refresh": ("retrain",),
               "sql": ("query", "file", "out", "params", "max_rows"),
-              "sql_server": ("host", "port", "refresh_seconds")}
+              "sql_server": ("host", "port", "refresh_seconds"),
+              "compare": ("backbones", "sizes", "precisions", "random_init", "photo_queries")}
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 

