@@ -33,6 +33,8 @@ def test_combinations_cover_the_grid_then_random_init_once_each():
         "vgg16", ["block5_conv3"])["layers"] == []
     with pytest.raises(ValueError, match="unknown backbone 'vgg61'"):
         combinations(["vgg61"], [(80, 60)], ["fp32"], [])
+    with pytest.raises(ValueError, match="xception needs images of at least 71x71"):
+        combinations(["vgg16"], [(80, 60)], ["fp32"], ["xception"])
     with pytest.raises(ValueError, match="nothing to compare"):
         combinations([], [(80, 60)], ["fp32"], [])
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..features.backbones import get_backbone
+from ..features.backbones import check_input_size
 
 IMAGENET = "imagenet"
 RANDOM = "random"
@@ -42,10 +42,11 @@ class Combination:
 def combinations(backbones: list[str], sizes: list[tuple[int, int]], precisions: list[str],
                  random_init: list[str]) -> list[Combination]:
     """Every backbone x size (height, width) x precision with ImageNet weights, then the same
-    for each backbone of `random_init` with random weights; unknown backbones are an error up
-    front."""
+    for each backbone of `random_init` with random weights; an unknown backbone, or a size
+    below a backbone's minimum, is an error up front, before hours of work."""
     for name in [*backbones, *random_init]:
-        get_backbone(name)
+        for height, width in sizes:
+            check_input_size(name, height, width)
     grid = [(b, IMAGENET) for b in backbones] + [(b, RANDOM) for b in random_init]
     combos = [Combination(b, w, h, wd, p) for b, w in grid for h, wd in sizes
               for p in precisions]
