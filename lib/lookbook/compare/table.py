@@ -55,6 +55,9 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.sort_values("start_time") if "start_time" in runs else runs
     table = pd.DataFrame({name: runs[source].to_numpy() if source in runs else None
                           for name, source in COLUMNS.items()})
+    for name, source in COLUMNS.items():
+        if source.startswith("metrics."):  # blank where no run has the metric
+            table[name] = pd.to_numeric(table[name], errors="coerce")
     extra = sorted(c for c in runs.columns
                    if c.startswith(RECALL_PREFIX) or (c.startswith(PHOTO_PREFIX)
                                                       and c not in COLUMNS.values()))
