@@ -1,11 +1,12 @@
 """The compare job's table with each row against the first (the baseline): featurize speed as
 a ratio, accuracy, P@5 and photo scores as differences, all from one comparison run.
 
-    .venv/bin/python bench/compare.py --warehouse W [--run RUN_ID] [key=value ...]
+    .venv/bin/python bench/compare.py --warehouse W [--run RUN_ID ...] [key=value ...]
 
 Without --run it runs `./spark-submit.sh compare warehouse=W data_dir=<real catalogue>
 key=value ...` first (e.g. backbones=vgg16,efficientnetlite0 sizes=80x60,160x120), then
-reads the table of the newest compare run from W's MLflow store; --run names another.
+reads the table of the newest compare run from W's MLflow store; --run names others (several:
+one table of all their rows, in the order given).
 Prints the CPU first, the table as Markdown, then the differences.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", required=True)
-    parser.add_argument("--run", help="a compare run id (default: run one now)")
+    parser.add_argument("--run", nargs="+", help="compare run ids (default: run one now)")
     real_data_args(parser, n=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
@@ -61,11 +62,11 @@ def main() -> None:
                         f"data_dir={args.data_dir}", *args.overrides], check=True)
     store = f"sqlite:///{Path(args.warehouse).resolve() / 'mlflow.db'}"
     mlflow.set_tracking_uri(store)
-    parent = args.run or newest_compare_run(store)
-    runs = mlflow.search_runs(experiment_names=["lookbook"],
-                              filter_string=f"tags.`lookbook.compare` = '{parent}'")
-    table = comparison_table(runs)
-    print(f"compare run {parent}\n\n{markdown(table)}")
+    parents = args.run or [newest_compare_run(store)]
+    table = pd.concat([comparison_table(mlflow.search_runs(
+        experiment_names=["lookbook"], filter_string=f"tags.`lookbook.compare` = '{parent}'"))
+        for parent in parents], ignore_index=True)
+    print(f"compare runs {', '.join(parents)}\n\n{markdown(table)}")
     print("Against the first row:\n")
     print(against_baseline(table).to_string(index=False))
 
