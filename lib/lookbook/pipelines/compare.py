@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from .. import tracking
@@ -122,9 +122,12 @@ def evaluate_combination(spark: SparkSession, cfg: Config, spec: FeatureModelSpe
     if not results["featurize"].metrics.get("computed"):
         results["featurize"].metrics["images_per_second"] = float("nan")  # all rows reused
     tables = catalog(spark, cfg)
+    features = (current_features(tables, spec).filter(usable_embedding())
+                .select("product_id", "embedding", "sha256").persist())
     metrics = {f"{name}.{k}": v for name, r in results.items() for k, v in r.metrics.items()}
-    metrics |= neighbour_precision(tables, spec, cfg)
-    metrics |= photo_queries(tables, spec, photos, cfg.compare.photo_seed)
+    metrics |= neighbour_precision(features, tables.read("products").drop("image"), cfg)
+    metrics |= photo_queries(features, spec, photos, cfg.compare.photo_seed)
+    features.unpersist()
     params = {k: v for r in results.values() for k, v in r.params.items()}
     evaluated = results["evaluate"].summary
     return StepResult(
@@ -134,17 +137,14 @@ def evaluate_combination(spark: SparkSession, cfg: Config, spec: FeatureModelSpe
         artefacts=[*results["train"].artefacts, *results["evaluate"].artefacts])
 
 
-def neighbour_precision(tables: Catalog, spec: FeatureModelSpec, cfg: Config) -> dict[str, float]:
-    """precision@5 (and recall, mAP) of every product's exact top-5 by these features, per
-    relevance definition, computed in memory as the neighbours and evaluate_neighbours steps
-    would (no table written)."""
+def neighbour_precision(features: DataFrame, products: DataFrame, cfg: Config) -> dict[str, float]:
+    """precision@5 (and recall, mAP) of every product's exact top-5 by `features` (usable
+    rows of one feature model), per relevance definition, computed in memory as the
+    neighbours and evaluate_neighbours steps would (no table written)."""
     n = cfg.neighbours
-    features = (current_features(tables, spec).filter(usable_embedding())
-                .select("product_id", "embedding", "sha256").persist())
     result, _ = nearest_neighbours(features, PRECISION_K, n.block_rows, n.broadcast_max_bytes)
-    scores = relevance_metrics(result, tables.read("products").drop("image"), PRECISION_K)
+    scores = relevance_metrics(result, products, PRECISION_K)
     result.unpersist()
-    features.unpersist()
     return {neighbour_metric(column, row["relevance"]): float(row[column])
             for _, row in scores.iterrows() for column in scores.columns
             if column not in ("relevance", "queries", "singletons")}
@@ -157,14 +157,14 @@ def photo_sample(tables: Catalog, n: int, seed: int) -> pd.DataFrame:
             .orderBy(F.xxhash64(F.lit(seed), "product_id"), "product_id").limit(n).toPandas())
 
 
-def photo_queries(tables: Catalog, spec: FeatureModelSpec, photos: pd.DataFrame,
+def photo_queries(features: DataFrame, spec: FeatureModelSpec, photos: pd.DataFrame,
                   seed: int) -> dict[str, float]:
     """Each sampled product's image altered as a shopper's photo (each alteration alone and
     all at once, `compare.photos`), featurized on the driver and ranked against the whole
     catalogue's features: the share found at rank 1 and in the top 5; also the driver's
-    images/s over these photos (the same images for every combination) and the dimension."""
-    catalogue = (current_features(tables, spec).filter(usable_embedding())
-                 .select("product_id", "embedding").toPandas())
+    images/s over these photos (the same images for every combination) and the dimension.
+    `features`: the catalogue's usable rows of `spec`."""
+    catalogue = features.select("product_id", "embedding").toPandas()
     ids = catalogue["product_id"].to_numpy()
     vectors = np.stack(catalogue["embedding"].to_numpy()).astype(np.float32)
     photos = photos[photos["product_id"].isin(ids)]
