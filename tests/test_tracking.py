@@ -11,10 +11,11 @@ from mlflow import MlflowClient
 
 from lookbook import tracking
 from lookbook.config import load_config
+from lookbook.metric_names import metric_name
 from lookbook.models.store import save_classifier
 from lookbook.pipelines.base import ModelToLog, StepResult
 from lookbook.pipelines.runner import run_job_steps
-from lookbook.tracking import Tracker, metric_name, store_uri
+from lookbook.tracking import Tracker, store_uri
 
 from test_store import INFO, tiny_classifier
 

@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import re
 import tempfile
 import warnings
 import zipfile
@@ -27,11 +26,13 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from .config import Config, config_yaml, flat_config
+from .metric_names import metric_name
 from .results import ModelToLog, StepResult
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # What the logged classifier needs to load elsewhere (besides lookbook, shipped as code).
 MODEL_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1", "numpy==1.26.4", "pillow"]
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-_NAME = re.compile(r"[^\w.\- /]")  # characters MLflow refuses in metric and param names
 
 
 def active_run_id() -> str | None:
@@ -65,10 +65,6 @@ def artefact_root(cfg: Config) -> str | None:
     if uri.startswith("sqlite:///") and not cfg.tracking.uri:
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     return None
-
-
-def metric_name(name: str) -> str:
-    return _NAME.sub("_", name)
 
 
 def param_value(value: Any) -> str:
@@ -129,22 +125,24 @@ class Tracker:
         return store_uri(self.cfg) if self.enabled else None
 
     @contextlib.contextmanager
-    def run(self, name: str, nested: bool = False,
-            tags: dict[str, str] | None = None) -> Iterator[str | None]:
-        """An MLflow run (nested in the active one if asked) with the config recorded;
-        yields its id, or None when tracking is disabled. A step that raises ends it FAILED."""
+    def run(self, name: str, nested: bool = False, tags: dict[str, str] | None = None,
+            params: dict[str, Any] | None = None) -> Iterator[str | None]:
+        """An MLflow run (nested in the active one if asked) with the config (and `params`)
+        recorded; yields its id, or None when tracking is disabled. A step that raises ends
+        it FAILED."""
         if not self.enabled:
             yield None
             return
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested,
                               tags={"lookbook.step": name, **(tags or {})}) as run:
             mlflow.log_params({metric_name(k): param_value(v)
-                               for k, v in flat_config(self.cfg).items()})
+                               for k, v in {**flat_config(self.cfg), **(params or {})}.items()})
             mlflow.log_text(config_yaml(self.cfg), "config.yaml")
             yield run.info.run_id
 
-    def record(self, result: StepResult, seconds: float) -> None:
-        """Everything a step returned, into the active run."""
+    def record(self, result: StepResult, seconds: float,
+               tags: dict[str, str] | None = None) -> None:
+        """Everything a step returned (and `tags`), into the active run."""
         if not self.enabled:
             return
         if result.params:
@@ -161,7 +159,8 @@ class Tracker:
             mlflow.MlflowClient().log_batch(run_id, metrics=epochs)
         mlflow.set_tags({"mlflow.note.content": "\n\n".join(filter(None, [result.summary,
                                                                            result.details])),
-                         **{f"lookbook.output.{t}": str(v) for t, v in result.outputs.items()}})
+                         **{f"lookbook.output.{t}": str(v) for t, v in result.outputs.items()},
+                         **(tags or {})})
         for path in result.artefacts:
             path = Path(path)
             if path.is_dir():
@@ -170,6 +169,12 @@ class Tracker:
                 mlflow.log_artifact(str(path))
         if result.model is not None:
             log_classifier(result.model)
+
+    def tagged_runs(self, tag: str, value: str) -> pd.DataFrame:
+        """The experiment's runs whose `tag` is `value`, as mlflow.search_runs' frame: a
+        column per param, metric and tag ("params.x", "metrics.y", "tags.z")."""
+        return mlflow.search_runs(experiment_ids=[self.experiment_id],
+                                  filter_string=f"tags.`{tag}` = '{value}'")
 
     def record_pipeline(self, steps: list[tuple[str, float, str]]) -> None:
         """The parent run of a pipeline: seconds per step, and the summary table."""

@@ -2,12 +2,12 @@
 per combination), never from a bookkeeping of its own; written as CSV, Markdown and a chart."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..metric_names import metric_name
 from ..reports.figures import PLAIN, plt, save_figure
 from .photos import ALTERATIONS, SHOPPER
 
@@ -15,9 +15,8 @@ PRECISION_K = 5  # the table's neighbours precision@5
 
 
 def neighbour_metric(measure: str, relevance: str) -> str:
-    """The run metric of a neighbours score, e.g. precision@5 of articleType: MLflow's
-    names allow no "@" or "+"."""
-    return re.sub(r"[^\w.\-]", "_", f"neighbours.{measure}.{relevance}")
+    """The run metric of a neighbours score, e.g. precision@5 of articleType."""
+    return metric_name(f"neighbours.{measure}.{relevance}")
 
 
 # Table column -> where the run keeps it ("params." / "metrics." / "tags." + name).
@@ -106,13 +105,15 @@ def fmt(value, decimals: int) -> str:
 
 
 def plot_comparison(table: pd.DataFrame, out_png: str | Path) -> Path:
-    """Test accuracy, P@5 and photo rank 1 against featurize speed: a marker per backbone
-    (hollow for random init), each point labelled with its size and precision."""
+    """Test accuracy, P@5 and photo rank 1 against featurize speed: a marker and a colour per
+    backbone (hollow for random init), each point labelled with its size and precision."""
     done = table.dropna(subset=["test accuracy"])
     panels = [("test accuracy", "test accuracy"), ("P@5 articleType", "neighbours P@5 (articleType)"),
               ("photo rank 1", "altered photo: own product at rank 1")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
-    markers = dict(zip(sorted(done["backbone"].unique()), "osD^vP*X"))
+    backbones = sorted(done["backbone"].unique())
+    markers = dict(zip(backbones, "osD^vP*X"))
+    colours = {b: f"C{i % 10}" for i, b in enumerate(backbones)}
     for ax, (column, title) in zip(axes, panels):
         for row in done.itertuples(index=False):
             row = dict(zip(done.columns, row))
@@ -120,8 +121,9 @@ def plot_comparison(table: pd.DataFrame, out_png: str | Path) -> Path:
             if x is None or y is None or np.isnan(float(x)) or np.isnan(float(y)):
                 continue
             random = row["weights"] == "random"
+            colour = colours[row["backbone"]]
             ax.scatter([x], [y], marker=markers[row["backbone"]], s=60,
-                       facecolors="none" if random else None, edgecolors="C0" if random else None,
+                       facecolors="none" if random else colour, edgecolors=colour,
                        label=f"{row['backbone']}{' random' if random else ''}")
             ax.annotate(f"{row['size']} {row['precision']}", (x, y), fontsize=7,
                         xytext=(4, 3), textcoords="offset points", **PLAIN)

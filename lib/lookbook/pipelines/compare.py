@@ -17,7 +17,6 @@ import time
 import traceback
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -34,6 +33,7 @@ from ..compare.table import (
     plot_comparison,
 )
 from ..config import Config, parse_size
+from ..faults import crash_point
 from ..features.backbones import WeightsUnavailable
 from ..features.featurize import FeatureModelSpec, driver_feature_model, run_on_images, usable_embedding
 from ..io.catalog import Catalog
@@ -63,9 +63,7 @@ def compare(spark: SparkSession, cfg: Config) -> StepResult:
         log.info("compare [%d/%d] %s", i, len(combos), combo.label)
         statuses[combo.label] = run_combination(spark, cfg, combo, parent, photos)
         log.info("compare [%d/%d] %s: %s", i, len(combos), combo.label, statuses[combo.label])
-    runs = mlflow.search_runs(experiment_ids=[mlflow.get_run(parent).info.experiment_id],
-                              filter_string=f"tags.`lookbook.compare` = '{parent}'")
-    table = comparison_table(runs)
+    table = comparison_table(Tracker(cfg).tagged_runs("lookbook.compare", parent))
     out = write_comparison(table, Path(cfg.reports_dir) / "compare")
     failed = [label for label, status in statuses.items() if status.startswith("failed")]
     if failed:
@@ -81,26 +79,24 @@ def run_combination(spark: SparkSession, cfg: Config, combo: Combination, parent
     """One combination as a nested run tagged with the comparison's run; returns its status:
     "done", "weights unreachable: ..." (its row says so) or "failed: ..."."""
     tracker = Tracker(combination_config(cfg, combo, "latest"))
-    with tracker.run(f"compare: {combo.label}", nested=True,
-                     tags={"lookbook.compare": parent}) as run_id:
-        mlflow.log_params(combo.params())
+    with tracker.run(f"compare: {combo.label}", nested=True, tags={"lookbook.compare": parent},
+                     params=combo.params()) as run_id:
         combo_cfg = combination_config(cfg, combo, run_id)
         started = time.time()
         try:
+            crash_point("compare.combination", combo.label)
             spec = feature_spec(spark, combo_cfg)
+            result = evaluate_combination(spark, combo_cfg, spec, photos)
+            status = "done"
         except WeightsUnavailable as exc:
             status = f"weights unreachable: {exc}"
             result = StepResult(status)
-        else:
-            try:
-                result = evaluate_combination(spark, combo_cfg, spec, photos)
-                status = "done"
-            except Exception as exc:  # one combination's failure must not lose the others
-                log.error("compare %s failed:\n%s", combo.label, traceback.format_exc())
-                status = f"failed: {type(exc).__name__}: {exc}"
-                result = StepResult(status)
-        mlflow.set_tag("lookbook.compare.status", status[:5000])
-        tracker.record(result, time.time() - started)
+        except Exception as exc:  # one combination's failure must not lose the others
+            log.error("compare %s failed:\n%s", combo.label, traceback.format_exc())
+            status = f"failed: {type(exc).__name__}: {exc}"
+            result = StepResult(status)
+        tracker.record(result, time.time() - started,
+                       tags={"lookbook.compare.status": status[:5000]})
     return status
 
 
