@@ -40,8 +40,12 @@ demo: setup
 	  ./spark-submit.sh pipeline data_dir=data/synthetic warehouse=$(DEMO_WAREHOUSE); \
 	fi
 
+# Two test files at a time (each file on one worker, so its module fixtures are built once):
+# most of the suite's time is spent starting JVMs, spark-submit jobs and kernels, which leaves
+# a core idle when one test runs alone.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -ra --durations=40 tests
+	$(PY) -m pytest -ra --durations=40 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # The tests that need neither the real catalogue nor a trained model (about 8.5 minutes on 2 cores).
 test-fast: setup
