@@ -28,13 +28,12 @@ from machine import cpu_line  # bench/machine.py
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
-from lookbook.config import SparkSettings, TensorflowSettings  # noqa: E402
-from lookbook.features.backbones import feature_layers  # noqa: E402
-from lookbook.features.featurize import layers_label  # noqa: E402
+from lookbook.config import FeaturizeSettings, SparkSettings, TensorflowSettings  # noqa: E402
 from lookbook.io.catalog import Catalog  # noqa: E402
 from lookbook.models import classifier as clf  # noqa: E402
 from lookbook.models.feed import Feed  # noqa: E402
 from lookbook.models.split import split_column  # noqa: E402
+from lookbook.pipelines.features import configured_layers_label  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 
 
@@ -53,7 +52,7 @@ def training_rows(spark, args):
     labelled = clf.with_label_index(products.select("product_id", "master_category"),
                                     "master_category", labels)
     # The default feature settings' rows (a table may hold rows of several settings).
-    layers = layers_label(feature_layers("vgg16"))
+    layers = configured_layers_label(FeaturizeSettings())
     features = (tables.read("features")
                 .where(F.col("layers") == layers).select("product_id", "embedding"))
     rows = (labelled.join(features, "product_id")

@@ -30,9 +30,8 @@ import pandas as pd  # noqa: E402
 from machine import cpu_line  # bench/machine.py
 
 from lookbook.cli import configure_logging  # noqa: E402
-from lookbook.config import NeighboursSettings, SparkSettings, TensorflowSettings  # noqa: E402
-from lookbook.features.backbones import feature_layers  # noqa: E402
-from lookbook.features.featurize import layers_label  # noqa: E402
+from lookbook.config import FeaturizeSettings, NeighboursSettings, SparkSettings, TensorflowSettings  # noqa: E402
+from lookbook.pipelines.features import configured_layers_label  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 from lookbook.similarity.knn import l2_normalise, nearest_neighbours  # noqa: E402
 
@@ -178,7 +177,7 @@ def main() -> None:
 
         features = DeltaTable(f"{args.warehouse}/features").to_pandas(
             columns=["product_id", "embedding", "layers"])
-        features = features[features["layers"] == layers_label(feature_layers("vgg16"))]
+        features = features[features["layers"] == configured_layers_label(FeaturizeSettings())]
         run_set(spark, f"real features ({features['layers'].iloc[0]})",
                 features["product_id"].to_numpy("int64"), np.stack(features["embedding"]),
                 args.block_rows, args.broadcast_max_bytes)

@@ -30,7 +30,12 @@ from lookbook.features.backbones import (  # noqa: E402
     preprocess,
     resolve_weights,
 )
-from lookbook.features.feature_model import Preprocess, build_feature_model  # noqa: E402
+from lookbook.features.feature_model import (  # noqa: E402
+    GaussianBlur,
+    GeneralizedMeanPooling2D,
+    Preprocess,
+    build_feature_model,
+)
 from lookbook.features.weights_cache import recorded_sha256  # noqa: E402
 from lookbook.io.images import to_array, to_rgb  # noqa: E402
 from lookbook.io.styles import first_products_per_article_type  # noqa: E402
@@ -133,6 +138,67 @@ def test_preprocess_layer_survives_keras_save_and_load(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     pixels = np.full((1, 4, 3, 3), 255 * IMAGENET_MEAN, dtype="float32")
     np.testing.assert_allclose(loaded.predict(pixels, verbose=0), 0, atol=1e-5)
+
+
+# --- pooling and input blur -----------------------------------------------------------------
+
+@pytest.mark.parametrize("sigma", [1.0, 1.5])
+def test_blur_is_a_gaussian_with_mirrored_edges(sigma):
+    from scipy.ndimage import gaussian_filter
+
+    images = np.random.default_rng(2).uniform(0, 255, (2, 20, 16, 3)).astype("float32")
+    # scipy's "mirror" reflects about the edge pixel; the kernel reaches ceil(3 sigma).
+    expected = gaussian_filter(images.astype("float64"), sigma=(0, sigma, sigma, 0),
+                               mode="mirror", truncate=np.ceil(3 * sigma) / sigma)
+    got = keras.ops.convert_to_numpy(GaussianBlur(sigma)(images))
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    white = np.full((1, 12, 10, 3), 255, dtype="float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(GaussianBlur(sigma)(white)), 255, atol=1e-3)
+
+
+def test_gem_pooling_is_the_cube_root_of_the_mean_cube():
+    maps = np.random.default_rng(3).uniform(-1, 5, (2, 4, 3, 6)).astype("float32")
+    got = keras.ops.convert_to_numpy(GeneralizedMeanPooling2D()(maps))
+    clipped = np.maximum(maps.astype("float64"), 1e-6)
+    np.testing.assert_allclose(got, np.cbrt((clipped ** 3).mean(axis=(1, 2))), rtol=1e-5)
+    assert (clipped.mean(axis=(1, 2)) <= got + 1e-6).all() and (got <= maps.max(axis=(1, 2)) + 1e-6).all()
+
+
+@pytest.mark.parametrize("pooling", ["max", "gem"])
+def test_pooling_applies_to_each_chosen_layer(pooling):
+    resolved = resolve_weights("vgg16", "random", "")
+    keras.utils.set_random_seed(0)
+    model = build_feature_model("vgg16", resolved, 64, 48, ["block3_conv3", "block4_conv3"], pooling)
+    vgg = model.get_layer("vgg16")
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 48, 3)).astype("float32")
+    maps = keras.Model(vgg.input, [vgg.get_layer("block3_conv3").output,
+                                   vgg.get_layer("block4_conv3").output])
+    pooled = [m.max(axis=(1, 2)) if pooling == "max"
+              else np.cbrt((np.maximum(m.astype("float64"), 1e-6) ** 3).mean(axis=(1, 2)))
+              for m in maps.predict(preprocess(images, resolved.preprocessing), verbose=0)]
+    np.testing.assert_allclose(model.predict(images, verbose=0), np.concatenate(pooled, axis=1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_blurred_feature_model_is_the_plain_one_on_blurred_images(converted):
+    from scipy.ndimage import gaussian_filter
+
+    images = np.random.default_rng(5).uniform(0, 255, (2, 80, 60, 3)).astype("float32")
+    blurred = gaussian_filter(images, sigma=(0, 1, 1, 0), mode="mirror", truncate=3.0)
+    plain = build_feature_model("vgg16", converted, 80, 60, pooling="gem")
+    with_blur = build_feature_model("vgg16", converted, 80, 60, pooling="gem", blur=1.0)
+    np.testing.assert_allclose(with_blur.predict(images, verbose=0),
+                               plain.predict(blurred, verbose=0), rtol=1e-3, atol=1e-3)
+
+
+def test_blur_and_gem_layers_survive_keras_save_and_load(tmp_path):
+    images = keras.Input((8, 6, 3))
+    model = keras.Model(images, GeneralizedMeanPooling2D(name="gem")(GaussianBlur(1.0)(images)))
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    pixels = np.random.default_rng(6).uniform(0, 255, (1, 8, 6, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0),
+                               rtol=1e-6)
 
 
 # --- weights resolution ---------------------------------------------------------------------

@@ -58,6 +58,9 @@ def test_list_overrides_and_training_sections():
     ("compare.sizes=80by60", "a size is HEIGHTxWIDTH"),
     ("compare.sizes=80x0", "a size is HEIGHTxWIDTH"),
     ("compare.precisions=fp16", "compare.precisions must be among"),
+    ("featurize.pooling=sum", "featurize.pooling must be one of"),
+    ("featurize.blur=-1", r"featurize.blur must be in \[0, 4.0\]"),
+    ("featurize.blur=9", "featurize.blur must be in"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

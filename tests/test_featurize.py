@@ -1,5 +1,6 @@
 """Featurize over Spark: real VGG16 ImageNet weights, workers' features equal bare Keras', reruns
 compute only what is missing, undecodable images become rejects."""
+import dataclasses
 import io
 import random
 import shutil
@@ -55,7 +56,7 @@ def test_featurize_writes_every_product_with_imagenet_vgg16(spark, featurized):
 def test_spark_features_equal_bare_keras(spark, featurized):
     f = featurized.featurize
     resolved = resolve_weights("vgg16", "imagenet", f.weights_cache)
-    model = build_feature_model("vgg16", resolved, f.height, f.width)
+    model = build_feature_model("vgg16", resolved, f.height, f.width, f.layers, f.pooling, f.blur)
     rows = (Catalog(spark, featurized.warehouse).read("products")
             .select("product_id", "image").orderBy("product_id").limit(12).collect())
     expected = model.predict(np.stack([to_array(bytes(r["image"]), f.height, f.width)
@@ -91,6 +92,21 @@ def test_rows_from_before_a_setting_existed_are_kept_not_reused(spark, featurize
     kept = status.where("keep")
     assert kept.count() == 3 and kept.where(F.col("layers").isNull()).count() == 3
     assert status.where("reuse").count() == 0
+
+
+def test_pooling_and_blur_are_settings_of_a_row(spark, featurized):
+    tables = Catalog(spark, featurized.warehouse)
+    products = tables.read("products")
+    existing = tables.read("features")
+    f = featurized.featurize
+    spec = prepare_model(spark, "vgg16", "imagenet", f.weights_cache, f.height, f.width,
+                         layers=f.layers, pooling="gem", blur=1.5)
+    assert spec.settings()["layers"] == "block4_conv3+block5_conv3 gem blur1.5"
+    plain = dataclasses.replace(spec, pooling="avg", blur=0.0)
+    assert plain.settings()["layers"] == "block4_conv3+block5_conv3"  # as rows before them
+    todo, status = plan_featurize(products, existing, spec)
+    assert todo.count() == products.count()  # nothing of the average's rows is reused
+    assert status.where("reuse").count() == 0 and status.where("keep").count() == existing.count()
 
 
 def test_weights_converted_in_two_caches_work_in_one_session(spark, featurized, tmp_path):

@@ -25,6 +25,8 @@ AUGMENT_LIMITS = {"rotation_degrees": 45.0, "width_shift": 0.3, "height_shift": 
                   "shear_degrees": 30.0, "zoom": 0.4, "brightness": 0.5}
 YAML_NULLS = ("null", "Null", "NULL", "~")
 PRECISIONS = ("auto", "fp32", "bf16")
+POOLINGS = ("avg", "max", "gem")
+MAX_BLUR = 4.0  # beyond it a 32-pixel-wide input (the smallest) has no detail left
 SIZE = re.compile(r"(\d+)x(\d+)")
 
 
@@ -81,6 +83,12 @@ class FeaturizeSettings:
     # Layers whose global averages are concatenated into the features; [] = the backbone's
     # default (VGG: last conv of blocks 4 and 5).
     layers: list[str] = field(default_factory=list)
+    # How each layer's map becomes a vector: "avg" (global average), "max" or "gem"
+    # (generalised mean, p = 3). Ignored for the backbone's own pooled output.
+    pooling: str = "avg"
+    # Gaussian blur of the model input (sigma in input pixels; 0 = none), catalogue and
+    # queries alike: it makes a heavily recompressed photo (JPEG blocks) look like its product.
+    blur: float = 0.0
     batch_size: int = 64
     # "auto": bf16 (Keras mixed precision, 3.2x faster) where every executor's CPU has native
     # bf16, fp32 elsewhere; or "fp32" / "bf16" outright. bf16 features gave the same test
@@ -313,6 +321,12 @@ class Config:
                 f"table_engine must be 'delta-rs' or 'delta-spark', not {self.table_engine!r}")
         if self.featurize.precision not in PRECISIONS:
             raise ConfigError("featurize.precision must be 'auto', 'fp32' or 'bf16'")
+        if self.featurize.pooling not in POOLINGS:
+            raise ConfigError(f"featurize.pooling must be one of {POOLINGS}, "
+                              f"not {self.featurize.pooling!r}")
+        if not 0 <= self.featurize.blur <= MAX_BLUR:
+            raise ConfigError(f"featurize.blur must be in [0, {MAX_BLUR}] (sigma in input "
+                              f"pixels), not {self.featurize.blur}")
         if not 0.0 < self.ingest.sample_fraction <= 1.0:
             raise ConfigError("ingest.sample_fraction must be in (0, 1]")
         if self.train.mode not in ("head", "finetune"):

@@ -25,6 +25,8 @@ COLUMNS = {
     "weights": "params.combo.weights",
     "size": "params.combo.size",
     "precision": "params.features.precision",
+    # The pooled layers, pooling and input blur (featurize.layers_label).
+    "features": "params.features.layers",
     "weights source": "params.features.weights",
     "dimension": "metrics.dimension",
     "featurize images/s": "metrics.photo.images_per_second",
@@ -41,7 +43,7 @@ COLUMNS = {
 }
 RECALL_PREFIX = "metrics.evaluate.recall."
 PHOTO_PREFIX = "metrics.photo."
-SHOWN = ["backbone", "weights", "size", "precision", "dimension", "featurize images/s",
+SHOWN = ["backbone", "weights", "size", "precision", "features", "dimension", "featurize images/s",
          "train s", "test accuracy", "macro-F1 (>= 20 test)", "P@5 articleType",
          "P@5 articleType+colour+usage", "photo rank 1", "photo top 5", "shopper rank 1",
          "shopper top 5", "status"]
@@ -86,7 +88,7 @@ def markdown(table: pd.DataFrame) -> str:
     shown["status"] = [shorten(s) for s in shown["status"].fillna("")]
     shown = shown.fillna("").astype(str)
     lines = ["| " + " | ".join(shown.columns) + " |",
-             "|" + "|".join("---" if c in ("backbone", "weights", "size", "precision", "status")
+             "|" + "|".join("---" if c in ("backbone", "weights", "size", "precision", "features", "status")
                             else "---:" for c in shown.columns) + "|"]
     lines += ["| " + " | ".join(v.replace("|", "/") for v in row) + " |"
               for row in shown.itertuples(index=False)]

@@ -3,11 +3,12 @@ input normalisation. No Spark, and no Keras at import (a job's driver resolves a
 its weights without TensorFlow); `feature_model` builds the Keras models.
 
 A feature model takes float32 RGB images in 0..255, shape (height, width, 3), normalises them
-inside the model and returns global averages of conv feature maps: by default, for VGG, of the
+inside the model and returns global poolings (`featurize.pooling`: average, max or generalised
+mean) of conv feature maps: by default, for VGG, of the
 last conv layer of blocks 4 and 5, concatenated (at the catalogue's 80x60 the last block is
 only 5x3 positions; block 4 adds finer texture and colour and halved the errors of a
-masterCategory head in bench/probe_layers.py); for the other architectures the global average
-of their last block (`include_top=False`, `pooling="avg"`). Any layers can be chosen instead.
+masterCategory head in bench/probe_layers.py); for the other architectures, of their last
+block. Any layers can be chosen instead.
 
 Weights (`resolve_weights`), first match wins:
   * a path to an existing Keras weights file (`.weights.h5`, `.keras`, or a legacy `.h5`
@@ -91,8 +92,7 @@ class BackboneSpec:
     preprocess_input: Callable  # Keras' own normalisation, the one its ImageNet weights expect
     min_size: tuple[int, int]  # (height, width) that include_top=False accepts
     feature_dim: int  # length of the default feature vector
-    pooling: str = "avg"
-    # Layers whose global averages, concatenated, are the default features; () = the
+    # Layers whose global poolings, concatenated, are the default features; () = the
     # backbone's own pooled output.
     feature_layers: tuple[str, ...] = ()
 
@@ -183,7 +183,7 @@ def preprocess(images: np.ndarray, preprocessing: str) -> np.ndarray:
 
 
 def feature_layers(backbone: str, layers: list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The layers whose global averages make the features: `layers`, or the backbone's
+    """The layers whose global poolings make the features: `layers`, or the backbone's
     default; () means the backbone's own pooled output."""
     return tuple(layers) if layers else get_backbone(backbone).feature_layers
 
@@ -212,7 +212,7 @@ def keras_imagenet_weights(spec: BackboneSpec) -> ResolvedWeights:
     """Keras' own ImageNet weights, downloaded now (or found in ~/.keras) so that an offline
     machine fails here, with the ways out, rather than later inside a Spark task."""
     try:
-        spec.constructor(include_top=False, weights="imagenet", pooling=spec.pooling)
+        spec.constructor(include_top=False, weights="imagenet")
     except Exception as exc:  # Keras reports a failed download as a bare Exception
         raise WeightsUnavailable(
             f"cannot get ImageNet weights for {spec.name}: Keras' download failed ({exc}). "

