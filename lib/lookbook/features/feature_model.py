@@ -1,7 +1,7 @@
-"""Feature models in Keras: a backbone of the registry (`backbones`) with its normalisation as
-a layer and pooled feature layers. Kept apart from `backbones` because it imports Keras
-(TensorFlow: seconds), which a job's driver resolving a backbone and its weights avoids;
-importing this module registers the Preprocess layer for `keras.saving.load_model`."""
+"""Feature models in Keras: a backbone of the registry (`backbones`) with its normalisation (and
+an optional input blur) as layers, and pooled feature layers. Kept apart from `backbones`
+because it imports Keras (TensorFlow: seconds), which a job's driver resolving a backbone and
+its weights avoids; importing this module registers its layers for `keras.saving.load_model`."""
 from __future__ import annotations
 
 import math

@@ -120,9 +120,9 @@ def head_path(trained: TrainedClassifier) -> Path:
 
 
 def load_model(path: str | Path):
-    """The saved Keras model; importing features.feature_model registers its custom layer."""
+    """The saved Keras model; importing features.feature_model registers its custom layers."""
     import keras
 
-    from ..features import feature_model  # noqa: F401  (registers lookbook>Preprocess)
+    from ..features import feature_model  # noqa: F401  (registers lookbook>Preprocess, ...)
 
     return keras.saving.load_model(path, compile=False)
