@@ -158,10 +158,21 @@ def test_blur_is_a_gaussian_with_mirrored_edges(sigma):
 
 def test_gem_pooling_is_the_cube_root_of_the_mean_cube():
     maps = np.random.default_rng(3).uniform(-1, 5, (2, 4, 3, 6)).astype("float32")
+    maps[0, :, :, 0] = -2  # a dead channel (all <= 0 after ReLU) pools to exactly 0
     got = keras.ops.convert_to_numpy(GeneralizedMeanPooling2D()(maps))
-    clipped = np.maximum(maps.astype("float64"), 1e-6)
+    clipped = np.maximum(maps.astype("float64"), 0)
     np.testing.assert_allclose(got, np.cbrt((clipped ** 3).mean(axis=(1, 2))), rtol=1e-5)
-    assert (clipped.mean(axis=(1, 2)) <= got + 1e-6).all() and (got <= maps.max(axis=(1, 2)) + 1e-6).all()
+    assert got[0, 0] == 0
+    assert (clipped.mean(axis=(1, 2)) <= got + 1e-6).all() and (got <= clipped.max(axis=(1, 2)) + 1e-6).all()
+
+
+def test_gem_gradients_stay_finite_on_a_dead_channel():
+    import tensorflow as tf
+
+    maps = tf.Variable(np.zeros((1, 3, 2, 4), dtype="float32"))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(GeneralizedMeanPooling2D()(maps))
+    assert np.isfinite(tape.gradient(total, maps).numpy()).all()
 
 
 @pytest.mark.parametrize("pooling", ["max", "gem"])
@@ -174,7 +185,7 @@ def test_pooling_applies_to_each_chosen_layer(pooling):
     maps = keras.Model(vgg.input, [vgg.get_layer("block3_conv3").output,
                                    vgg.get_layer("block4_conv3").output])
     pooled = [m.max(axis=(1, 2)) if pooling == "max"
-              else np.cbrt((np.maximum(m.astype("float64"), 1e-6) ** 3).mean(axis=(1, 2)))
+              else np.cbrt((np.maximum(m.astype("float64"), 0) ** 3).mean(axis=(1, 2)))
               for m in maps.predict(preprocess(images, resolved.preprocessing), verbose=0)]
     np.testing.assert_allclose(model.predict(images, verbose=0), np.concatenate(pooled, axis=1),
                                rtol=1e-4, atol=1e-4)

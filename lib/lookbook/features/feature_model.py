@@ -74,18 +74,23 @@ class GaussianBlur(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="lookbook")
 class GeneralizedMeanPooling2D(keras.layers.Layer):
-    """(mean over positions of max(x, eps)^p)^(1/p) per channel: between the global average
+    """(mean over positions of max(x, 0)^p)^(1/p) per channel: between the global average
     (p = 1) and the global max (p -> inf). Computed in float32 (x^3 of a bf16 map loses
-    digits)."""
+    digits). A channel that is 0 everywhere pools to exactly 0, as the average does (no eps:
+    a dead feature map must stay an all-zeros vector, which featurize rejects)."""
 
     def __init__(self, power: float = GEM_POWER, **kwargs):
         super().__init__(**kwargs)
         self.power = float(power)
 
     def call(self, maps):
-        maps = keras.ops.maximum(keras.ops.cast(maps, "float32"), 1e-6)
-        return keras.ops.power(keras.ops.mean(keras.ops.power(maps, self.power), axis=(1, 2)),
-                               1.0 / self.power)
+        maps = keras.ops.relu(keras.ops.cast(maps, "float32"))
+        mean = keras.ops.mean(keras.ops.power(maps, self.power), axis=(1, 2))
+        # The root's gradient is infinite at 0: the root of 1 there, then 0 (finetune's
+        # gradients stay finite).
+        alive = mean > 0
+        root = keras.ops.power(keras.ops.where(alive, mean, 1.0), 1.0 / self.power)
+        return keras.ops.where(alive, root, 0.0)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
