@@ -34,7 +34,7 @@ from PIL import Image, ImageFilter  # noqa: E402
 from lookbook.compare.photos import KINDS, altered_photo, own_product_ranks  # noqa: E402
 from lookbook.config import parse_size  # noqa: E402
 from lookbook.features.backbones import get_backbone, preprocess, resolve_weights  # noqa: E402
-from lookbook.io.images import to_rgb  # noqa: E402
+from lookbook.io.images import to_array  # noqa: E402
 from lookbook.io.styles import parse_styles_line  # noqa: E402
 from lookbook.similarity.knn import l2_normalise  # noqa: E402
 
@@ -70,9 +70,8 @@ def catalogue_slice(data_dir: Path, n: int, seed: int) -> list[dict]:
 
 
 def pixels(data: bytes, height: int, width: int, pixel_filter: str) -> np.ndarray:
-    img = to_rgb(data)
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
+    """Decoded and resized as featurize does (`to_array`), then filtered."""
+    img = Image.fromarray(to_array(data, height, width))
     return np.asarray(FILTERS[pixel_filter](img), dtype=np.float32)
 
 
