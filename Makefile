@@ -40,16 +40,18 @@ demo: setup
 	  ./spark-submit.sh pipeline data_dir=data/synthetic warehouse=$(DEMO_WAREHOUSE); \
 	fi
 
-# Two test files at a time (each file on one worker, so its module fixtures are built once):
-# most of the suite's time is spent starting JVMs, spark-submit jobs and kernels, which leaves
-# a core idle when one test runs alone (the suite: 1,420 s; serial, 1,901 s).
+# The test pyramid (tests/unit, tests/spark, tests/e2e), two test files at a time (each file
+# on one worker, so its module fixtures are built once; the warehouses many files read are
+# built once for both, see tests/conftest.py): most of the time goes to starting JVMs, jobs
+# and kernels, which leaves a core idle when one test runs alone.
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
-	$(PY) -m pytest -ra --durations=40 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PYTEST) --durations=25 tests
 
-# The tests that need neither the real catalogue nor a trained model (about 8.5 minutes on 2 cores).
+# Unit and in-process Spark tests: no spark-submit, no cluster, no notebook.
 test-fast: setup
-	$(PY) -m pytest -ra -m "not real_data and not slow" tests
+	$(PYTEST) --durations=10 tests/unit tests/spark
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,45 +1,49 @@
-"""Shared fixtures: one local SparkSession, the catalogues, and one featurized warehouse that
-every test needing features shares (ingested and featurized once per session).
+"""Shared fixtures: one local SparkSession per test process, the catalogues, and the
+warehouses that many tests read, each built once for all test processes (`built_once`).
 
-Markers (pytest.ini) are set here from the fixtures a test uses: `spark`, `real_data`, and
-`slow` for tests that need a trained model; tests that run a whole job or build every backbone
-mark themselves slow.
+The tree is a pyramid: tests/unit (no Spark), tests/spark (in-process Spark on small frames),
+tests/e2e (spark-submit jobs, a standalone cluster, kills, concurrent jobs, notebooks).
+Markers (pytest.ini) are set here: `spark` and `real_data` from the fixtures a test uses,
+`e2e` from its folder.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lookbook.config import Config, SparkSettings, TensorflowSettings, load_config
+from lookbook.config import Config, SparkSettings, TensorflowSettings
 from lookbook.io.synthetic import make_catalogue
 from lookbook.session import build_spark
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import (
+    DUPLICATE_ID,
+    PIPELINE_SETTINGS,
+    REPO,
+    config_for,
+    copy_warehouse,
+    real_data_dir,
+    settings_for,
+    submit,
+)
+
 # Every JVM the tests start (spark-submit jobs, a cluster, beeline, notebooks' sessions) runs
 # for seconds to minutes on 2 cores: C2 compilation costs more CPU than it saves (the cluster
 # test: 488 s -> 250 s with this and its own settings).
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
-# A product added to the shared catalogue with the same image bytes as the first product.
-DUPLICATE_ID = 999_001
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (for servers the tests start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def real_data_dir() -> Path:
-    return Path(os.environ.get("LOOKBOOK_REAL_DATA", REPO.parent / "shared" / "data" / "fashion"))
+# What built_once keeps: across sessions on a developer's machine; CI points it at a fresh
+# folder, so that its time is the time of a new machine.
+CACHE = Path(os.environ.get("LOOKBOOK_TEST_CACHE", Path.home() / ".cache" / "lookbook" / "tests"))
 
 
 def pytest_collection_modifyitems(items):
@@ -49,12 +53,78 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.spark)
         if "real_data" in names:
             item.add_marker(pytest.mark.real_data)
-        if "trained" in names:
-            item.add_marker(pytest.mark.slow)
-    # Files with slow tests first (in file order otherwise): with two workers (`make test`,
-    # a file at a time each, in this order), a long file taken last runs alone at the end.
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.e2e)
+    # The longest files first: with two workers (`make test`, a file at a time each), a long
+    # file taken last would run alone at the end.
+    items.sort(key=lambda item: LONGEST_FILES.index(item.path.name)
+               if item.path.name in LONGEST_FILES else len(LONGEST_FILES))
+
+
+# By their time in `make test` (slowest first; the rest keep their order after these).
+LONGEST_FILES = ["test_cluster.py", "test_notebooks.py", "test_compare.py", "test_refresh_jobs.py",
+                 "test_jobs.py", "test_crash_safety.py", "test_sql_jobs.py"]
+
+
+# --- built once for every test process ------------------------------------------------------
+
+def code_digest(*inputs) -> str:
+    """A digest of the code that builds the shared folders (the package, its jobs, these
+    test files, the pinned dependencies) and of `inputs`: a change to any gives a new key."""
+    digest = hashlib.sha256(repr(inputs).encode())
+    files = [*sorted((REPO / "lib" / "lookbook").rglob("*.py")), *sorted((REPO / "jobs").glob("*.py")),
+             *sorted((REPO / "conf").rglob("*.*")), REPO / "spark-submit.sh",
+             REPO / "constraints.txt", REPO / "tests" / "conftest.py", REPO / "tests" / "helpers.py"]
+    for path in files:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def manifest(folder: Path) -> dict[str, list[int]]:
+    """Every file under `folder` with its size and modification time."""
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+BUILT: dict[Path, dict] = {}  # what this process took from built_once, with its manifest
+
+
+def built_once(name: str, build: Callable[[Path], None], *inputs,
+               read_only: tuple[str, ...] = ()) -> Path:
+    """The folder `build` fills, built by the first test process to ask (the others wait on
+    a file lock and then read it): one build per test session, or fewer, since the folder
+    is kept and found again while the code and `inputs` are the same (`code_digest`). A
+    build that fails leaves no folder behind. Its `read_only` subfolders must be the same
+    when the process ends (checked by `shared_folders_stay_unchanged`): a test that writes
+    works on a copy."""
+    key = f"{name}-{code_digest(name, *inputs)}"
+    target = CACHE / key
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = target / ".built"
+        if not done.exists():
+            for old in CACHE.glob(f"{name}-*"):  # other code's builds, and a failed one
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+            target.mkdir()
+            try:
+                build(target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            done.write_text(json.dumps({sub: manifest(target / sub) for sub in read_only}))
+    if read_only:
+        BUILT[target] = json.loads(done.read_text())
+    return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_folders_stay_unchanged():
+    yield
+    changed = [f"{folder / sub}" for folder, subs in BUILT.items() for sub, files in subs.items()
+               if manifest(folder / sub) != files]
+    assert not changed, (f"tests changed shared folders (copy them to write): {changed}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,8 +163,6 @@ def jvm_class_archive():
     201 s -> 167 s). Kept in ~/.cache/lookbook/jvm per Java and Spark version. A JVM whose class
     path differs (spark-submit's launcher, a cluster's daemons) ignores it, silently (cds
     logging off)."""
-    import hashlib
-
     import pyspark
 
     if "SharedArchiveFile" in os.environ.get("JAVA_TOOL_OPTIONS", ""):
@@ -102,26 +170,32 @@ def jvm_class_archive():
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
     key = hashlib.sha256(f"{java}{pyspark.__file__}{pyspark.__version__}".encode()).hexdigest()
     archive = Path.home() / ".cache" / "lookbook" / "jvm" / f"spark-classes-{key[:16]}.jsa"
-    if not archive.exists():
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="lookbook-jvm-archive-"))
-        dumped = archive.with_name(f".{os.getpid()}.{archive.name}")  # renamed when complete
-        env = {**os.environ, "PYSPARK_SUBMIT_ARGS":
-               f'--driver-java-options "-XX:ArchiveClassesAtExit={dumped}" pyspark-shell'}
-        try:
-            done = subprocess.run([sys.executable, "-c", CLASS_ARCHIVE_WORKLOAD,
-                                   str(work / "table")],
-                                  capture_output=True, text=True, env=env, timeout=300)
-            if done.returncode != 0 or not dumped.exists():
-                warnings.warn("no JVM class archive (JVMs start as before): "
-                              f"{done.stderr[-1000:]}", stacklevel=1)
-                return
-            os.replace(dumped, archive)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            dumped.unlink(missing_ok=True)  # a partial archive of a failed dump
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with open(archive.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one dump for every test process
+        if not archive.exists() and not dump_class_archive(archive):
+            return
     os.environ["JAVA_TOOL_OPTIONS"] += (f" -XX:SharedArchiveFile={archive}"
                                         " -Xlog:cds=off -Xlog:cds+dynamic=off")
+
+
+def dump_class_archive(archive: Path) -> bool:
+    work = Path(tempfile.mkdtemp(prefix="lookbook-jvm-archive-"))
+    dumped = archive.with_name(f".{os.getpid()}.{archive.name}")  # renamed when complete
+    env = {**os.environ, "PYSPARK_SUBMIT_ARGS":
+           f'--driver-java-options "-XX:ArchiveClassesAtExit={dumped}" pyspark-shell'}
+    try:
+        done = subprocess.run([sys.executable, "-c", CLASS_ARCHIVE_WORKLOAD, str(work / "table")],
+                              capture_output=True, text=True, env=env, timeout=300)
+        if done.returncode != 0 or not dumped.exists():
+            warnings.warn(f"no JVM class archive (JVMs start as before): {done.stderr[-1000:]}",
+                          stacklevel=1)
+            return False
+        os.replace(dumped, archive)
+        return True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        dumped.unlink(missing_ok=True)  # a partial archive of a failed dump
 
 
 @pytest.fixture(scope="session")
@@ -167,17 +241,11 @@ def bad_result(spark, bad_catalogue):
     result.release()
 
 
-@pytest.fixture(scope="session")
-def weights_cache(tmp_path_factory) -> Path:
-    """A fresh weights cache: the offline VGG16 conversion runs once per session, here."""
-    return tmp_path_factory.mktemp("weights")
+# --- the shared catalogue and its warehouses ------------------------------------------------
 
-
-@pytest.fixture(scope="session")
-def catalogue(tmp_path_factory) -> tuple[Path, dict]:
-    """The shared synthetic catalogue: every class, bad inputs, and product DUPLICATE_ID
-    whose image has the same bytes as the first product's."""
-    root = tmp_path_factory.mktemp("catalogue")
+def make_shared_catalogue(root: Path) -> dict:
+    """Every class, bad inputs, and product DUPLICATE_ID whose image has the same bytes as
+    the first product's."""
     made = make_catalogue(root, scale=2, seed=7, bad_inputs=True)
     lines = (root / "styles.csv").read_text().splitlines()
     first = lines[1].split(",")
@@ -186,47 +254,70 @@ def catalogue(tmp_path_factory) -> tuple[Path, dict]:
     shutil.copy(root / "images" / f"{first[0]}.jpg", root / "images" / f"{DUPLICATE_ID}.jpg")
     made["product_ids"] = sorted(made["product_ids"] + [DUPLICATE_ID])
     made["duplicate_of"] = int(first[0])
-    return root, made
-
-
-def poisoned(features, values: dict):
-    """`features` with the embeddings of the given products replaced by one value repeated
-    (NaN, inf, 0: vectors without a direction, as an older table may hold)."""
-    from pyspark.sql import functions as F
-
-    embedding = F.col("embedding")
-    for pid, value in values.items():
-        embedding = F.when(F.col("product_id") == pid,
-                           F.array_repeat(F.lit(value).cast("float"), F.size("embedding"))
-                           ).otherwise(embedding)
-    return features.withColumn("embedding", embedding)
-
-
-def config_for(catalogue_dir: Path, warehouse: Path, weights: Path, *overrides: str) -> Config:
-    # fp32 whatever the CPU (the default, auto, is bf16 on some): tests compare features with
-    # fp32 Keras; test_featurize covers auto.
-    return load_config(None, [f"data_dir={catalogue_dir}", f"warehouse={warehouse}",
-                              f"featurize.weights_cache={weights}", "featurize.precision=fp32",
-                              *overrides])
+    return made
 
 
 @pytest.fixture(scope="session")
-def featurized(spark, catalogue, weights_cache, tmp_path_factory) -> Config:
-    """The shared catalogue ingested and featurized (ImageNet VGG16, default settings).
-    Tests may add tables (train, neighbours) but must not change `products` or `features`:
-    a test that needs to, works on a copy (`warehouse_copy`)."""
+def featured_build(spark) -> Path:
+    """The shared catalogue (catalogue/, what it holds in made.json), ingested and featurized
+    in-process (ImageNet VGG16, default settings) into warehouse/, with the converted weights
+    in weights/."""
     from lookbook.pipelines.catalogue import ingest
     from lookbook.pipelines.features import featurize
 
-    cfg = config_for(catalogue[0], tmp_path_factory.mktemp("warehouse"), weights_cache)
-    ingest(spark, cfg)
-    featurize(spark, cfg)
-    return cfg
+    def build(root: Path) -> None:
+        made = make_shared_catalogue(root / "catalogue")
+        (root / "made.json").write_text(json.dumps(made))
+        cfg = config_for(root / "catalogue", root / "warehouse", root / "weights")
+        ingest(spark, cfg)
+        featurize(spark, cfg)
+
+    return built_once("featurized", build, read_only=("catalogue", "warehouse"))
+
+
+@pytest.fixture(scope="session")
+def catalogue(featured_build) -> tuple[Path, dict]:
+    """The shared synthetic catalogue (read only: copy it to change it) and what it holds."""
+    return featured_build / "catalogue", json.loads((featured_build / "made.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def weights_cache(featured_build) -> Path:
+    """The converted ImageNet weights of the shared warehouse (a cache: tests may add to it)."""
+    return featured_build / "weights"
+
+
+@pytest.fixture(scope="session")
+def featurized(featured_build) -> Config:
+    """The shared catalogue ingested and featurized. Read only: a test that writes any table
+    works on a copy (`warehouse_copy`, `copy_warehouse`)."""
+    return config_for(featured_build / "catalogue", featured_build / "warehouse",
+                      featured_build / "weights")
 
 
 @pytest.fixture
 def warehouse_copy(featurized, tmp_path) -> Config:
-    """A private copy of the featurized warehouse, for tests that rewrite its tables."""
-    copy = tmp_path / "warehouse"
-    shutil.copytree(featurized.warehouse, copy)
-    return config_for(Path(featurized.data_dir), copy, Path(featurized.featurize.weights_cache))
+    """A private copy of the featurized warehouse, for tests that write its tables."""
+    return copy_warehouse(featurized, tmp_path / "warehouse")
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(featured_build) -> tuple[str, Config]:
+    """`./spark-submit.sh pipeline name=full` as a user runs it, on the shared catalogue into
+    a new warehouse: its output and config. Read only: the e2e tests that refresh, serve or
+    query it work on copies."""
+    catalogue_dir = featured_build / "catalogue"
+
+    def build(root: Path) -> None:
+        # A relative data_dir, as users give it: params of the steps must not clash with config
+        # keys.
+        out = submit("pipeline", "name=full", *settings_for(
+            os.path.relpath(catalogue_dir, REPO), root / "warehouse", featured_build / "weights",
+            *PIPELINE_SETTINGS))
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        (root / "output.txt").write_text(out.stdout)
+
+    root = built_once("pipeline", build, read_only=("warehouse",))
+    return ((root / "output.txt").read_text(),
+            config_for(catalogue_dir, root / "warehouse", featured_build / "weights",
+                       *PIPELINE_SETTINGS))

@@ -17,7 +17,8 @@ from lookbook.pipelines.base import ModelToLog, StepResult
 from lookbook.pipelines.runner import run_job_steps
 from lookbook.tracking import Tracker, store_uri
 
-from test_store import INFO, tiny_classifier
+from helpers import TINY_INFO as INFO
+from helpers import tiny_classifier
 
 
 def config(tmp_path, *overrides):
@@ -88,7 +89,6 @@ def test_where_the_store_is(tmp_path, monkeypatch):
         store_uri(load_config(None, ["warehouse=s3a://lake/lookbook"]))
 
 
-@pytest.mark.slow  # a fresh interpreter imports TensorFlow
 def test_the_classifier_is_an_mlflow_model_that_loads_in_a_fresh_process(tmp_path):
     cfg = config(tmp_path)
     model = tiny_classifier()
@@ -118,7 +118,6 @@ def test_the_classifier_is_an_mlflow_model_that_loads_in_a_fresh_process(tmp_pat
                                atol=1e-6)
 
 
-@pytest.mark.slow  # runs the report job twice
 def test_a_job_through_the_runner_is_one_run(spark, warehouse_copy):
     from dataclasses import replace
 

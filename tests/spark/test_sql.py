@@ -1,18 +1,10 @@
-"""SQL over the catalogue: views by name and version, the example queries in conf/queries
-(each checked against pandas on the Delta tables), results as text and files, errors as one
-line, and the `sql` job through spark-submit."""
+"""SQL over the catalogue in-process: views by name and version, the example queries in
+conf/queries (each checked against pandas on the Delta tables), results as text and files,
+errors as one line (tests/e2e/test_sql_jobs.py: the `sql` job and the JDBC server)."""
 from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +18,7 @@ from lookbook.pipelines.sql import sql
 from lookbook.sql.results import aligned_table, cell_text
 from lookbook.sql.views import SqlError, resolve_versions
 
-from conftest import REPO, config_for, free_port
+from helpers import REPO, config_for, copy_tables
 
 QUERIES = REPO / "conf" / "queries"
 
@@ -76,7 +68,7 @@ def warehouse(spark, featurized, tmp_path_factory):
     only), and a predictions table written directly: right for most products, every 7th
     product predicted as another class; a third of them in the test split."""
     path = tmp_path_factory.mktemp("sql") / "warehouse"
-    shutil.copytree(featurized.warehouse, path)
+    copy_tables(Path(featurized.warehouse), path)
     cfg = config_for(Path(featurized.data_dir), path, Path(featurized.featurize.weights_cache))
     neighbours(spark, cfg)
     neighbours(spark, config_for(Path(featurized.data_dir), path,
@@ -254,90 +246,3 @@ def test_a_csv_result_holds_every_row_and_nested_values_as_json(spark, warehouse
     assert base64.b64decode(saved["image"][0]) == images[saved["product_id"][0]]
     assert result.details.count("\n") == 1 + 3  # header, rule, the first 3 rows
     assert f"{len(saved):,} rows saved to {out}" == result.summary
-
-
-# --- the job --------------------------------------------------------------------------------
-
-def submit(*args):
-    return subprocess.run([str(REPO / "spark-submit.sh"), *args], capture_output=True,
-                          text=True, timeout=600, cwd=REPO,
-                          env={**os.environ, "LOOKBOOK_PYTHON": sys.executable})
-
-
-@pytest.mark.slow  # starts spark-submit
-def test_the_sql_job_fails_in_one_line(warehouse):
-    """The query as the one positional argument; a parse error is the job's last line, exit 1,
-    with neither a Python nor a Java stack trace (the result's printing is tested above)."""
-    bad = submit("sql", "SELECT * FORM products", f"warehouse={warehouse.warehouse}",
-                 "spark.master=local[1]", "spark.driver_memory=1g", "tracking.enabled=false")
-    assert bad.returncode == 1, bad.stdout[-2000:] + bad.stderr[-2000:]
-    # spark-submit passes the driver's stderr on through its stdout
-    assert bad.stdout.strip().splitlines()[-1] == (
-        "lookbook sql: [PARSE_SYNTAX_ERROR] Syntax error at or near 'products': extra input "
-        "'products'. (at line 1, column 15: SELECT * FORM products)")
-    assert "Traceback" not in bad.stderr + bad.stdout
-    assert "org.apache" not in bad.stderr + bad.stdout
-
-
-# --- the JDBC endpoint ----------------------------------------------------------------------
-
-def spark_home() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent
-
-
-def beeline(port: int, query: str) -> list[list[str]]:
-    """The rows beeline prints for `query` (a new JDBC connection, so a new session)."""
-    out = subprocess.run([str(spark_home() / "bin" / "beeline"), "-u",
-                          f"jdbc:hive2://127.0.0.1:{port}/default", "--silent=true",
-                          "--outputformat=csv2", "-e", query], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "SPARK_HOME": str(spark_home())})
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    # With -e, beeline echoes its prompt before the header: "0: jdbc:hive2://...> n".
-    lines = [re.sub(r"^\d+: jdbc:hive2://\S+> ?", "", line) for line in out.stdout.splitlines()]
-    return [line.split(",") for line in lines if line.strip()]
-
-
-@pytest.mark.slow  # a server through spark-submit, and beeline
-def test_beeline_queries_the_sql_server_which_follows_new_versions(spark, warehouse, tmp_path):
-    copy = tmp_path / "warehouse"
-    shutil.copytree(warehouse.warehouse, copy)
-    shutil.rmtree(copy / "duplicates", ignore_errors=True)  # made by other tests' steps
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as sink:
-        server = subprocess.Popen(
-            [str(REPO / "spark-submit.sh"), "sql_server", f"port={port}", "refresh_seconds=1",
-             f"warehouse={copy}", "spark.master=local[1]", "spark.driver_memory=1g",
-             "tracking.enabled=false"], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "LOOKBOOK_PYTHON": sys.executable}, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while "sql_server: serving" not in log.read_text():
-            assert server.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        products = delta(copy, "products")
-        assert beeline(port, "SELECT count(*) AS n FROM products") == [["n"], [str(len(products))]]
-        top = beeline(port, "SELECT neighbour_id FROM neighbours WHERE product_id = "
-                            f"{int(products.product_id.min())} ORDER BY rank")
-        expected = (delta(copy, "neighbours").query(f"product_id == {products.product_id.min()}")
-                    .sort_values("rank")["neighbour_id"])
-        assert top == [["neighbour_id"]] + [[str(n)] for n in expected]
-        views = {row[1] for row in beeline(port, "SHOW VIEWS")[1:]}
-        assert {"products", "neighbours", "table_versions"} <= views
-        assert "duplicates" not in views
-        # A table committed while the server runs is served from the next refresh on.
-        Catalog(spark, str(copy)).write("duplicates", spark.createDataFrame(
-            [(1, 2, 0.99, False)], table_spec("duplicates").schema))
-        deadline = time.time() + 60
-        while "duplicates" not in log.read_text():
-            assert time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        assert beeline(port, "SELECT product_id, other_id FROM duplicates") == [
-            ["product_id", "other_id"], ["1", "2"]]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the server still listens"

@@ -45,7 +45,7 @@ NAMES = ["vgg16", "vgg19", "resnet50", "mobilenetv2", "densenet121", "inceptionv
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 # PyTorch reference features of EfficientNet-Lite0 on real products (tests/data/make_lite0_reference.py).
-LITE0_REFERENCE = Path(__file__).parent / "data" / "lite0_reference.npz"
+LITE0_REFERENCE = Path(__file__).parents[1] / "data" / "lite0_reference.npz"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,6 @@ def test_too_small_input_is_refused_with_the_minimum(backbone, height, width):
         build_feature_model(backbone, resolve_weights(backbone, "random", ""), height, width)
 
 
-@pytest.mark.slow  # builds every architecture
 @pytest.mark.parametrize("backbone, height, width", [
     ("vgg16", 80, 60), ("vgg19", 32, 32), ("resnet50", 32, 33), ("mobilenetv2", 33, 40),
     ("densenet121", 40, 32), ("inceptionv3", 75, 97), ("xception", 71, 71),

@@ -1,14 +1,13 @@
 """spark-submit.sh itself: what command it builds (LOOKBOOK_SUBMIT_DRY_RUN=1 prints it,
-NUL-separated, instead of running Spark) and which job names it refuses."""
+NUL-separated, instead of running Spark), which job names and keys it refuses, all before
+any JVM starts."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SUBMIT = str(REPO / "spark-submit.sh")
+from helpers import REPO, SUBMIT, submit
 
 
 def run_script(*args, **env):
@@ -90,3 +89,15 @@ def test_an_explicit_conf_is_not_replaced():
     argv = command("ingest", "--conf=conf/cluster.yaml")
     assert argv[-1] == "--conf=conf/cluster.yaml"
     assert str(REPO / "conf" / "local.yaml") not in argv
+
+
+def test_unknown_job_lists_valid_jobs():
+    out = submit("nope")
+    assert out.returncode == 2
+    assert "unknown job 'nope'" in out.stderr and "ingest" in out.stderr
+
+
+def test_unknown_key_lists_valid_keys():
+    out = submit("ingest", "wherehouse=/tmp/x")
+    assert out.returncode != 0
+    assert "unknown config key 'wherehouse'" in out.stderr and "warehouse" in out.stderr

@@ -1,81 +1,21 @@
-"""The nightly refresh: after products are added, changed (image or labels) and deleted in the
-catalogue folder, every table equals what a full recomputation gives, only the changed
-products are decoded, featurized and predicted, unchanged files are kept, a refresh with no
-change commits nothing, and a refresh killed mid-way is completed by the next one."""
-import io
+"""The nightly refresh in-process: after products are added, changed (image or labels) and
+deleted in the catalogue folder, every table equals what a full recomputation gives, only the
+changed products are decoded and featurized, unchanged files are kept, and a refresh with no
+change commits nothing (tests/e2e/test_refresh_jobs.py: the refresh job, killed mid-way)."""
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from deltalake import DeltaTable
-from PIL import Image, ImageOps
 
 from lookbook.io.catalog import TABLES, Catalog
 from lookbook.pipelines.catalogue import ingest
 from lookbook.pipelines.features import featurize
 from lookbook.pipelines.similarity import duplicates, neighbours
 
-from conftest import DUPLICATE_ID, config_for
+from helpers import change_catalogue, config_for, full_recomputation, neighbours_table, product_ids
 from reference import assert_exact_top_k
-
-NEIGHBOUR_COLUMNS = ["product_id", "rank", "neighbour_id", "score"]
-
-
-def change_catalogue(root: Path, products: list[int]) -> dict[str, list[int]]:
-    """Add, change and delete some of `products` in a catalogue folder the way a day of
-    catalogue work does, with exact ties (identical images) among the added and changed."""
-    styles = root / "styles.csv"
-    header, *lines = styles.read_text().splitlines()
-    ids = sorted(products)
-    rows = {int(line.split(",")[0]): line for line in lines
-            if line.split(",")[0].isdigit() and int(line.split(",")[0]) in products}
-    image = lambda pid: root / "images" / f"{pid}.jpg"  # noqa: E731
-
-    def mirrored(pid: int) -> bytes:
-        out = io.BytesIO()
-        ImageOps.mirror(Image.open(image(pid)).convert("RGB")).save(out, "JPEG", quality=90)
-        return out.getvalue()
-
-    def with_id(line: str, pid: int) -> str:
-        return ",".join([str(pid), *line.split(",")[1:]])
-
-    new = [990_001, 990_002, 990_003]
-    # A copy of the duplicated product's image (a three-way tie at 1.0), a new image, and an
-    # existing row's labels with another product's image.
-    shutil.copy(image(DUPLICATE_ID), image(new[0]))
-    image(new[1]).write_bytes(mirrored(ids[5]))
-    shutil.copy(image(ids[-3]), image(new[2]))
-    added = [with_id(rows[DUPLICATE_ID], new[0]), with_id(rows[ids[5]], new[1]),
-             with_id(rows[ids[7]], new[2])]
-    # New images for two products (one becomes identical to another product's), new labels
-    # for a third (its gender: with neighbours.same=[gender] it changes group).
-    image_changed = [ids[10], ids[11]]
-    shutil.copy(image(ids[12]), image(ids[10]))
-    image(ids[11]).write_bytes(mirrored(ids[11]))
-    relabelled = ids[14]
-    fields = rows[relabelled].split(",")
-    fields[1] = "Women" if fields[1] != "Women" else "Men"
-    rows[relabelled] = ",".join(fields)
-    # Deleted: the original of the duplicated image, and one more.
-    deleted = [ids[0], ids[20]]
-    assert DUPLICATE_ID not in deleted
-    for pid in deleted:
-        image(pid).unlink()
-    kept = [rows.get(int(line.split(",")[0]), line) if line.split(",")[0].isdigit() else line
-            for line in lines
-            if not (line.split(",")[0].isdigit() and int(line.split(",")[0]) in deleted)]
-    styles.write_text("\n".join([header, *kept, *added]) + "\n")
-    return {"new": new, "image": image_changed, "labels": [relabelled], "deleted": deleted}
-
-
-def neighbours_table(spark, warehouse) -> "pd.DataFrame":  # noqa: F821
-    table = Catalog(spark, str(warehouse)).read("neighbours").select(*NEIGHBOUR_COLUMNS)
-    return table.toPandas().sort_values(["product_id", "rank"]).reset_index(drop=True)
-
-
-def product_ids(spark, warehouse) -> list[int]:
-    return [r[0] for r in Catalog(spark, str(warehouse)).read("products").select("product_id").collect()]
 
 
 def versions(warehouse: Path) -> dict[str, int]:
@@ -83,21 +23,6 @@ def versions(warehouse: Path) -> dict[str, int]:
             if (warehouse / name / "_delta_log").exists()}
 
 
-def full_recomputation(spark, cfg, tmp_path: Path, *steps) -> Path:
-    """The warehouse copied without the tables `steps` write, and those steps run: what a
-    full recomputation of them gives."""
-    copy = tmp_path / "full"
-    shutil.copytree(cfg.warehouse, copy)
-    for name in ("neighbours", "duplicates"):
-        shutil.rmtree(copy / name, ignore_errors=True)
-    full = config_for(Path(cfg.data_dir), copy, Path(cfg.featurize.weights_cache),
-                      *[f"neighbours.same=[{','.join(cfg.neighbours.same)}]"])
-    for step in steps:
-        assert not step(spark, full).metrics.get("incremental")
-    return copy
-
-
-@pytest.mark.slow  # every step, three times
 def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path):
     """With neighbours.same=[gender], so that a change of labels moves a product to another
     group (the job test below checks the default, any product a candidate)."""
@@ -153,53 +78,6 @@ def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path):
     unproductive = results["ingest"].metrics["decoded"]
     assert unproductive < results["ingest"].metrics["products"] / 4
     assert ingested.metrics["decoded"] == len(changed["new"]) + len(changed["image"]) + unproductive
-
-
-@pytest.mark.slow  # trains a model, starts spark-submit
-def test_a_refresh_killed_midway_is_completed_by_the_next(spark, warehouse_copy, tmp_path):
-    from test_crash_safety import finish, start
-
-    from lookbook.pipelines.classifier import train
-    from lookbook.pipelines.runner import run_job_steps
-
-    catalogue = tmp_path / "catalogue"
-    shutil.copytree(warehouse_copy.data_dir, catalogue)
-    args = [f"data_dir={catalogue}", f"warehouse={warehouse_copy.warehouse}",
-            f"featurize.weights_cache={warehouse_copy.featurize.weights_cache}"]
-    cfg = config_for(catalogue, Path(warehouse_copy.warehouse),
-                     Path(warehouse_copy.featurize.weights_cache), "train.epochs=2")
-    model = train(spark, cfg).params["model"]
-    first, _ = run_job_steps(spark, cfg, "refresh", lambda line: None)  # predictions, neighbours
-    assert [d.name for d in first] == ["ingest", "augment", "featurize", "predict", "neighbours",
-                                      "duplicates"]
-    tables = Catalog(spark, cfg.warehouse)
-    predicted = tables.read("predictions").toPandas().set_index("product_id")
-    changed = change_catalogue(catalogue, product_ids(spark, cfg.warehouse))
-
-    # Killed (SIGKILL) right after predictions is committed, before prediction_rejects:
-    # products and features are refreshed, predictions still read as before.
-    code, out = finish(start("refresh", *args,
-                             env={"LOOKBOOK_CRASH_AT": "tables.committed:predictions"}))
-    assert code != 0, out[-3000:]
-    tables = Catalog(spark, cfg.warehouse)
-    assert set(changed["new"]) <= set(product_ids(spark, cfg.warehouse))
-    after_kill = tables.read("predictions").toPandas().set_index("product_id")
-    assert after_kill.sort_index().equals(predicted.sort_index())
-
-    code, out = finish(start("refresh", *args))
-    assert code == 0, out[-3000:]
-    assert "refresh summary" in out
-    tables = Catalog(spark, cfg.warehouse)
-    products = set(product_ids(spark, cfg.warehouse))
-    now = tables.read("predictions").toPandas().set_index("product_id")
-    assert set(now.index) == products and (now["run_id"] == model).all()
-    # Only new and changed images were predicted; the others' rows are the same.
-    unchanged = sorted(products - set(changed["new"]) - set(changed["image"]))
-    assert now.loc[unchanged].sort_index().equals(predicted.loc[unchanged].sort_index())
-    got = neighbours_table(spark, cfg.warehouse)
-    reference = full_recomputation(spark, cfg, tmp_path, neighbours)
-    assert got.equals(neighbours_table(spark, reference))
-
 
 
 @pytest.mark.parametrize("broadcast_max_bytes, same", [(0, []), (1 << 30, ["gender"])],

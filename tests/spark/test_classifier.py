@@ -24,7 +24,7 @@ from lookbook.models.store import TrainedClassifier, find_model, load_model
 from lookbook.pipelines.classifier import evaluate, predict, train
 from lookbook.pipelines.features import feature_spec
 
-from conftest import REPO, config_for
+from helpers import REPO, config_for, copy_warehouse
 
 # --- pure helpers ---------------------------------------------------------------------------
 
@@ -116,11 +116,11 @@ def test_a_head_learns_through_the_feed(spark, tmp_path):
 # --- steps on the shared featurized catalogue -------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(spark, featurized):
-    """A model trained on the shared featurized warehouse: its config, the step's result and
-    the model as the store finds it."""
-    cfg = config_for(featurized.data_dir, featurized.warehouse, featurized.featurize.weights_cache,
-                     "train.epochs=12")
+def trained(spark, featurized, tmp_path_factory):
+    """A model trained on a copy of the shared featurized warehouse: its config, the step's
+    result and the model as the store finds it."""
+    cfg = copy_warehouse(featurized, tmp_path_factory.mktemp("trained") / "warehouse",
+                         "train.epochs=12")
     result = train(spark, cfg)
     return cfg, result, find_model(cfg.models_dir, result.params["model"])
 

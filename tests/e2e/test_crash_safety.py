@@ -1,12 +1,7 @@
 """Real jobs, really killed (SIGKILL, like `kill -9`) and really run at once on one warehouse:
 the tables read at a complete version after every kill, a rerun completes the work, `vacuum`
 removes what the killed runs left, and two concurrent jobs lose nothing."""
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,36 +14,7 @@ from lookbook.io.synthetic import make_catalogue
 from lookbook.pipelines.catalogue import ingest
 from lookbook.pipelines.maintenance import vacuum
 
-REPO = Path(__file__).resolve().parents[1]
-SUBMIT = str(REPO / "spark-submit.sh")
-SMALL = ["spark.master=local[2]", "spark.driver_memory=2g"]
-
-pytestmark = pytest.mark.slow  # starts spark-submit
-
-
-def start(job: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The job as a user starts it, in its own process group (the JVM and its Python)."""
-    return subprocess.Popen([SUBMIT, job, *SMALL, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "LOOKBOOK_PYTHON": sys.executable, **(env or {})},
-                            start_new_session=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out
-
-
-def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL the job's whole process group as soon as `ready()` holds."""
-    deadline = time.time() + timeout
-    while not ready():
-        if process.poll() is not None:
-            pytest.fail(f"the job ended before the moment to kill it:\n{process.stdout.read()[-3000:]}")
-        assert time.time() < deadline, "the moment to kill the job never came"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+from helpers import finish, kill_when, settings_of, start
 
 
 def ingested(warehouse: Path, spark) -> tuple[list[int], int]:
@@ -128,8 +94,7 @@ def test_two_featurize_jobs_at_once_lose_nothing(spark, warehouse_copy):
     """Two input sizes featurized at the same time on one warehouse: the job that commits
     second finds the first's commit, runs again on it, and both sizes end up complete."""
     sizes = [(32, 32), (48, 40)]
-    args = [f"data_dir={warehouse_copy.data_dir}", f"warehouse={warehouse_copy.warehouse}",
-            f"featurize.weights_cache={warehouse_copy.featurize.weights_cache}"]
+    args = settings_of(warehouse_copy)
     tables = Catalog(spark, warehouse_copy.warehouse)
     n_products = tables.read("products").count()
     default_rows = tables.read("features").count()

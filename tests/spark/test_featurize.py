@@ -30,7 +30,7 @@ from lookbook.io.synthetic import draw_product, jpeg_bytes
 from lookbook.pipelines.catalogue import ingest as ingest_step
 from lookbook.pipelines.features import featurize as featurize_step
 
-from conftest import config_for, poisoned
+from helpers import config_for, poisoned
 
 
 def features_of(spark, cfg, **settings):

@@ -1,25 +1,13 @@
 """Trained models on disk: one complete folder per run, `latest` the newest, never a partial."""
 import json
 
-import keras
 import numpy as np
 import pytest
 
-from lookbook.features.feature_model import Preprocess
 from lookbook.models.store import find_model, load_model, save_classifier, trained_models
 
-
-def tiny_classifier(seed=0):
-    """Raw RGB -> 3 probabilities, with lookbook's own normalisation layer inside."""
-    keras.utils.set_random_seed(seed)
-    images = keras.Input((None, None, 3), name="images")
-    x = Preprocess("torch", name="preprocess")(images)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(images, keras.layers.Dense(3, activation="softmax")(x))
-
-
-INFO = {"label_column": "master_category", "labels": ["a", "b", "c"], "input_size": [8, 6],
-        "features": {}, "split": {"train": 0.8, "validation": 0.1, "salt": ""}}
+from helpers import TINY_INFO as INFO
+from helpers import tiny_classifier
 
 
 def test_saved_model_round_trips_with_its_info(tmp_path):

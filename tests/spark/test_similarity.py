@@ -23,17 +23,16 @@ from lookbook.pipelines.similarity import (
 from lookbook.reports.gallery import gallery_queries, gallery_rows
 from lookbook.similarity.relevance import relevance_metrics
 
-from conftest import DUPLICATE_ID, config_for, poisoned
+from helpers import DUPLICATE_ID, config_for, copy_warehouse, poisoned
 from reference import assert_exact_top_k
 
 
 @pytest.fixture(scope="module")
-def warehouse(spark, featurized, catalogue):
-    """The neighbours table on the shared warehouse, in blocks of 40 products, candidates
-    broadcast one block at a time."""
-    cfg = config_for(featurized.data_dir, featurized.warehouse,
-                     featurized.featurize.weights_cache, "neighbours.block_rows=40",
-                     "neighbours.broadcast_max_bytes=0")
+def warehouse(spark, featurized, catalogue, tmp_path_factory):
+    """The neighbours table on a copy of the shared warehouse, in blocks of 40 products,
+    candidates broadcast one block at a time."""
+    cfg = copy_warehouse(featurized, tmp_path_factory.mktemp("similarity") / "warehouse",
+                         "neighbours.block_rows=40", "neighbours.broadcast_max_bytes=0")
     result = neighbours(spark, cfg)
     chunks = int(re.search(r"x (\d+) broadcast candidate chunk", result.summary).group(1))
     assert chunks > 1
@@ -223,10 +222,10 @@ def test_similar_to_a_photo_never_returns_features_without_a_direction(spark, wa
 
 
 @pytest.fixture
-def stale(spark, warehouse, warehouse_copy):
+def stale(spark, warehouse, tmp_path):
     """A copy of the warehouse (with its neighbours table) from which product DUPLICATE_ID,
     the first neighbour of `original`, was then deleted."""
-    cfg = warehouse_copy
+    cfg = copy_warehouse(warehouse[0], tmp_path / "warehouse")
     tables = Catalog(spark, cfg.warehouse)
     tables.write("products", tables.read("products").where(F.col("product_id") != DUPLICATE_ID))
     return cfg, warehouse[1]

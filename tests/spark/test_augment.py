@@ -21,7 +21,7 @@ from lookbook.models.split import split_of
 from lookbook.pipelines.augment import augment, transform_ranges
 from lookbook.pipelines.catalogue import ingest
 
-from conftest import config_for
+from helpers import config_for, copy_tables
 
 AUGMENT = ("augment.enabled=true", "augment.target_per_class=20", "augment.max_factor=3")
 RANGES = transform_ranges(AugmentSettings())  # the config's defaults
@@ -219,7 +219,7 @@ def test_two_runs_with_one_seed_make_the_same_bytes_and_a_rerun_commits_nothing(
     again = augment(spark, cfg)
     assert again.outputs == {} and "nothing committed" in again.summary
     other = tmp_path / "other"
-    shutil.copytree(cfg.warehouse, other)
+    copy_tables(Path(cfg.warehouse), other)
     shutil.rmtree(other / "augmented")
     cfg2 = config_for(Path(cfg.data_dir), other, Path(cfg.featurize.weights_cache), *AUGMENT)
     augment(spark, cfg2)

@@ -19,6 +19,8 @@ from lookbook.compare.photos import KINDS, SHOPPER, altered_photo, own_product_r
 from lookbook.compare.table import comparison_table, markdown
 from lookbook.io.synthetic import draw_product, png_bytes
 
+from helpers import copy_warehouse
+
 
 def test_combinations_cover_the_grid_then_random_init_once_each():
     combos = combinations(["vgg16", "efficientnetlite0"], [(80, 60), (160, 120)],
@@ -115,21 +117,16 @@ def compared(spark, featurized, tmp_path_factory, monkeypatch_module):
     Keras must download (made unreachable through a dead proxy, unless in Keras' cache); its
     80x60 combination fails (LOOKBOOK_FAIL_AT), as a bug would make it: the job raises after
     the others ran and wrote the table."""
-    import shutil
 
     from lookbook.pipelines.runner import run_job_steps
 
-    from conftest import config_for
-
-    warehouse = tmp_path_factory.mktemp("compare") / "warehouse"
-    shutil.copytree(featurized.warehouse, warehouse)
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch_module.setenv(name, "http://127.0.0.1:9")
-    cfg = config_for(Path(featurized.data_dir), warehouse,
-                     Path(featurized.featurize.weights_cache),
-                     "compare.backbones=vgg16,efficientnetlite0,mobilenetv2",
-                     "compare.sizes=80x60,40x32", "compare.precisions=fp32",
-                     "compare.photo_queries=24", "train.epochs=3")
+    cfg = copy_warehouse(featurized, tmp_path_factory.mktemp("compare") / "warehouse",
+                         "compare.backbones=vgg16,efficientnetlite0,mobilenetv2",
+                         "compare.sizes=80x60,40x32", "compare.precisions=fp32",
+                         "compare.photo_queries=24", "train.epochs=3")
+    warehouse = Path(cfg.warehouse)
     monkeypatch_module.setenv("LOOKBOOK_FAIL_AT", f"compare.combination:{FAILING}")
     lines = []
     models_before = pipeline_models(cfg)
@@ -149,8 +146,7 @@ FAILING = "mobilenetv2 80x60 fp32"
 
 
 def pipeline_models(cfg) -> list[str]:
-    """The pipeline's model folders (other tests may have trained some in the shared
-    warehouse before it was copied)."""
+    """The warehouse's own model folders, which compare must leave as they are."""
     folder = Path(cfg.warehouse) / "models"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 

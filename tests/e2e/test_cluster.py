@@ -17,19 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyspark
 import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from conftest import free_port
+from helpers import SPARK_HOME, free_port, submit
 from reference import assert_exact_top_k
 
-REPO = Path(__file__).resolve().parents[1]
-SUBMIT = str(REPO / "spark-submit.sh")
-# pip's pyspark carries Spark's launch scripts; the venv's bin/ wrappers would look for Spark
-# with the system python.
-SPARK_HOME = Path(pyspark.__file__).parent
 SITE_PACKAGES = SPARK_HOME.parent
 PER_CLASS = 34  # products per masterCategory in the slice
 MIN_CLASS = 25  # classes with fewer rows (Home: 1) are left out
@@ -61,7 +55,7 @@ def executor_python(tmp: Path) -> Path:
     return wrapper
 
 
-def start(command: list, log: Path) -> subprocess.Popen:
+def start_daemon(command: list, log: Path) -> subprocess.Popen:
     """A daemon in its own process group (the JVM and whatever it starts), output to `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
@@ -71,7 +65,7 @@ def start(command: list, log: Path) -> subprocess.Popen:
                                      "SPARK_LOG_DIR": str(log.parent)})
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
+def stop_daemons(processes: list[subprocess.Popen]) -> None:
     """SIGTERM each process group (a worker stops its executors), SIGKILL what remains."""
     for process in processes:
         try:
@@ -123,7 +117,7 @@ def cluster(tmp_path):
     try:
         root.mkdir()
         logs.append(root / "master.log")
-        processes.append(start([spark_class, "org.apache.spark.deploy.master.Master",
+        processes.append(start_daemon([spark_class, "org.apache.spark.deploy.master.Master",
                                 "--host", "127.0.0.1", "--port", str(port),
                                 "--webui-port", str(webui)], logs[-1]))
         # Workers started before the master answers wait 10+ s to retry registering.
@@ -132,23 +126,20 @@ def cluster(tmp_path):
             work_dirs.append(root / f"worker{i}")
             work_dirs[-1].mkdir()
             logs.append(root / f"worker{i}.log")
-            processes.append(start([spark_class, "org.apache.spark.deploy.worker.Worker",
+            processes.append(start_daemon([spark_class, "org.apache.spark.deploy.worker.Worker",
                                     "--host", "127.0.0.1", "--cores", "1", "--memory", "2g",
                                     "--webui-port", str(free_port()),
                                     "--work-dir", str(work_dirs[-1]), master], logs[-1]))
         wait_for(lambda: alive_workers(webui) == 2, "2 workers ALIVE", processes, logs)
         yield Cluster(master, work_dirs, executor_python(tmp_path), logs)
     finally:
-        stop(processes)
+        stop_daemons(processes)
 
 
-def submit(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [SUBMIT, *args, f"spark.master={cluster.master}"], capture_output=True, text=True,
-        timeout=600, cwd=REPO,
-        env={**os.environ, "LOOKBOOK_PYTHON": sys.executable,
-             "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
-             "PYSPARK_PYTHON": str(cluster.python)})
+def submit_to(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    out = submit(*args, f"spark.master={cluster.master}", small=False, timeout=600,
+                 env={"SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
+                      "PYSPARK_PYTHON": str(cluster.python)})
     executor_logs = sorted(f for w in cluster.work_dirs for f in w.glob("app-*/*/stderr"))
     assert out.returncode == 0, (out.stdout[-3000:] + out.stderr[-5000:] + "\n"
                                  + tails(cluster.logs + executor_logs, 1500))
@@ -246,7 +237,6 @@ def shipped(folder: Path, pattern: str) -> list[str]:
 
 # --- the test -----------------------------------------------------------------------------------
 
-@pytest.mark.slow  # a cluster, two whole jobs
 def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_path):
     catalogue, warehouse = tmp_path / "catalogue", tmp_path / "warehouse"
     lines, spare = make_slice(real_data, catalogue)
@@ -268,13 +258,13 @@ def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_pa
     args = ["--conf", str(conf), f"data_dir={catalogue}", f"warehouse={warehouse}",
             f"featurize.weights_cache={tmp_path / 'weights'}"]
 
-    full = submit(cluster, "pipeline", *args, "name=full")
+    full = submit_to(cluster, "pipeline", *args, "name=full")
     assert "pipeline summary" in full.stdout
     first = {name: table(warehouse, name) for name in ("features", "predictions")}
     assert ids_of(warehouse, "predictions") == sorted(pid(line) for line in lines)
 
     changed = change_slice(real_data, catalogue, lines, spare)
-    refresh = submit(cluster, "refresh", *args)
+    refresh = submit_to(cluster, "refresh", *args)
     assert "refresh summary" in refresh.stdout
 
     # Every table holds exactly the changed slice.

@@ -1,44 +1,20 @@
 """The real entry point: ./spark-submit.sh JOB, as a user runs it, and what a pipeline run
-leaves in the tracking store (read back with the MLflow client)."""
-import os
-import subprocess
-import sys
+leaves in the tracking store (read back with the MLflow client). The pipeline run is the
+session's shared one (conftest.pipeline_run); tests that run more jobs work on a copy."""
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from lookbook.io.images import to_array
-from lookbook.io.synthetic import make_catalogue
 from lookbook.models.store import find_model, load_model
 from lookbook.pipelines import PIPELINES
 
-REPO = Path(__file__).resolve().parents[1]
-SUBMIT = str(REPO / "spark-submit.sh")
-ENV_PYTHON = {"LOOKBOOK_PYTHON": sys.executable}
+from helpers import copy_tables, submit
 
 
-def submit(*args, timeout=900):
-    return subprocess.run([SUBMIT, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **ENV_PYTHON}, cwd=REPO)
-
-
-def test_unknown_job_lists_valid_jobs():
-    out = submit("nope")
-    assert out.returncode == 2
-    assert "unknown job 'nope'" in out.stderr and "ingest" in out.stderr
-
-
-def test_unknown_key_lists_valid_keys():
-    out = submit("ingest", "wherehouse=/tmp/x")
-    assert out.returncode != 0
-    assert "unknown config key 'wherehouse'" in out.stderr and "warehouse" in out.stderr
-
-
-@pytest.mark.slow  # starts spark-submit
 def test_unknown_pipeline_lists_the_pipelines(tmp_path):
     out = submit("pipeline", "name=nightly", f"warehouse={tmp_path}")
     assert out.returncode != 0
@@ -50,33 +26,13 @@ def products_of(warehouse: Path) -> list[dict]:
     return DeltaTable(str(warehouse / "products")).to_pyarrow_table().to_pylist()
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    """`./spark-submit.sh pipeline name=full` on a synthetic catalogue with bad inputs, with
-    augmented copies of the small classes."""
-    tmp = tmp_path_factory.mktemp("pipeline")
-    data, warehouse = tmp / "catalogue", tmp / "wh"
-    made = make_catalogue(data, bad_inputs=True)
-    # A relative data_dir, as users give it: params of the steps must not clash with config keys.
-    out = submit("pipeline", "name=full", f"data_dir={os.path.relpath(data, REPO)}",
-                 f"warehouse={warehouse}",
-                 "spark.master=local[2]", "spark.driver_memory=2g",
-                 f"featurize.weights_cache={tmp / 'weights'}",
-                 "augment.enabled=true", "augment.target_per_class=15", "augment.max_factor=3",
-                 # The steps and their records are under test here, not the model's quality
-                 # (test_classifier's): a few epochs, not the default's early-stopped dozens.
-                 "train.epochs=4")
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out, made, warehouse
-
-
-@pytest.mark.slow
-def test_pipeline_job_end_to_end(pipeline_run):
-    out, made, warehouse = pipeline_run
+def test_pipeline_job_end_to_end(pipeline_run, catalogue):
+    out, cfg = pipeline_run
+    made, warehouse = catalogue[1], Path(cfg.warehouse)
     steps = PIPELINES["full"]
     for i, step in enumerate(steps, 1):
-        assert f"[{i}/{len(steps)}] {step} done" in out.stdout
-    assert "pipeline summary" in out.stdout and "MLflow run " in out.stdout
+        assert f"[{i}/{len(steps)}] {step} done" in out
+    assert "pipeline summary" in out and "MLflow run " in out
     products = DeltaTable(str(warehouse / "products")).to_pyarrow_table()
     assert sorted(products.column("product_id").to_pylist()) == made["product_ids"]
     rejects = DeltaTable(str(warehouse / "rejects")).to_pyarrow_table()
@@ -107,17 +63,17 @@ def test_pipeline_job_end_to_end(pipeline_run):
         assert (warehouse / "reports" / report / "index.html").stat().st_size > 0
 
 
-@pytest.mark.slow
-def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run, tmp_path):
+def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run):
     """One parent run, a finished nested run per step with its params, metrics, artefacts and
     table versions; the trained model is the train run's, logged with its signature."""
-    out, _, warehouse = pipeline_run
+    out, cfg = pipeline_run
+    warehouse = Path(cfg.warehouse)
     client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name("lookbook")
     runs = client.search_runs([experiment.experiment_id])
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.run_name == "pipeline:full" and parent.info.status == "FINISHED"
-    assert f"MLflow run {parent.info.run_id}" in out.stdout
+    assert f"MLflow run {parent.info.run_id}" in out
     steps = {r.info.run_name: r for r in runs if r is not parent}
     assert sorted(steps) == sorted(PIPELINES["full"])
     for run in steps.values():
@@ -174,12 +130,11 @@ def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run, tmp_path):
                                atol=1e-6)
 
 
-@pytest.mark.slow
-def test_a_single_job_is_one_run_and_takes_a_model_by_id(pipeline_run):
-    _, _, warehouse = pipeline_run
+def test_a_single_job_is_one_run_and_takes_a_model_by_id(pipeline_run, tmp_path):
+    warehouse = tmp_path / "warehouse"
+    copy_tables(Path(pipeline_run[1].warehouse), warehouse)
     model = find_model(str(warehouse / "models"))
-    out = submit("predict", f"warehouse={warehouse}", "spark.master=local[2]",
-                 "spark.driver_memory=2g", f"model.run_id={model.run_id}")
+    out = submit("predict", f"warehouse={warehouse}", f"model.run_id={model.run_id}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"predicted with {model.run_id}" in out.stdout
     client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")

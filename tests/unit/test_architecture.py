@@ -1,6 +1,6 @@
 """The layout holds: stage subpackages one level deep, no import cycles, domain code never
 imports orchestration, jobs are thin and match the registry, tables only through the
-catalogue, the README's table reference is the catalogue's, conf files hold no defaults."""
+catalogue, docs/tables.md's table reference is the catalogue's, conf files hold no defaults."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +14,7 @@ from lookbook.io.catalog import TABLES, reference_markdown
 from lookbook.pipelines import PIPELINES, STEPS
 from lookbook.pipelines.runner import job_names
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "lib" / "lookbook"
 DOMAIN = ("io", "augment", "features", "models", "similarity", "reports", "sql", "compare")
@@ -161,13 +161,13 @@ def test_library_code_logs_instead_of_printing():
         assert not calls, f"{path.relative_to(REPO)}:{calls[0].lineno} prints"
 
 
-def test_readme_table_reference_is_the_catalogue():
-    readme = (REPO / "README.md").read_text()
+def test_the_table_reference_is_the_catalogue():
+    doc = (REPO / "docs" / "tables.md").read_text()
     begin, end = "<!-- tables: begin -->\n", "<!-- tables: end -->"
-    assert begin in readme and end in readme, "README lost its generated table reference"
-    shown = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert begin in doc and end in doc, "docs/tables.md lost its generated table reference"
+    shown = doc.split(begin, 1)[1].split(end, 1)[0]
     assert shown == reference_markdown(), \
-        "README's table reference is stale: python -m lookbook.cli tables-doc"
+        "docs/tables.md's table reference is stale: python -m lookbook.cli tables-doc"
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
