@@ -73,27 +73,30 @@ class IngestSettings:
 
 @dataclass
 class FeaturizeSettings:
+    # VGG16: the best test accuracy of those compared (docs/experiments.md#compare-feature-models).
     backbone: str = "vgg16"
     # "imagenet", "random" (NOT pretrained: tests and baselines only) or a weights file path.
     weights: str = "imagenet"
     weights_cache: str = "~/.cache/lookbook/weights"
     # Model input, height x width: the catalogue's images are 80 high, 60 wide.
+    # Larger inputs cost far more featurize time for no accuracy (docs/experiments.md#input-size).
     height: int = 80
     width: int = 60
     # Layers whose poolings are concatenated into the features; [] = the backbone's
     # default (VGG: last conv of blocks 4 and 5).
     layers: list[str] = field(default_factory=list)
     # How each layer's map becomes a vector: "gem" (generalised mean, p = 3), "avg" (global
-    # average) or "max". GeM: the average's test accuracy, +0.019 neighbour P@5 and +0.067
-    # photo rank 1 on the whole real catalogue, at the same speed (README: Compare feature models).
+    # average) or "max".
+    # GeM: better P@5 and photo rank 1, same speed (docs/experiments.md#pooling-and-input-blur).
     pooling: str = "gem"
     # Gaussian blur of the model input (sigma in input pixels; 0 = none), catalogue and
     # queries alike: it makes a heavily recompressed photo (JPEG blocks) look like its product.
+    # 0 by default: blur costs the catalogue's own P@5 (docs/experiments.md#pooling-and-input-blur).
     blur: float = 0.0
     batch_size: int = 64
-    # "auto": bf16 (Keras mixed precision, 3.2x faster) where every executor's CPU has native
-    # bf16, fp32 elsewhere; or "fp32" / "bf16" outright. bf16 features gave the same test
-    # accuracy, macro-F1 and neighbour P@5 as fp32 (3 seeds, README: Performance).
+    # "auto": bf16 (Keras mixed precision) where every executor's CPU has native bf16, fp32
+    # elsewhere; or "fp32" / "bf16" outright.
+    # bf16: same quality, faster only if native (docs/experiments.md#bf16-on-the-whole-catalogue).
     precision: str = "auto"
     rows_per_partition: int = 2048
 
@@ -101,8 +104,8 @@ class FeaturizeSettings:
 @dataclass
 class AugmentSettings:
     # `augment` makes copies of the train products of small classes (table `augmented`);
-    # featurize and train use them only when this is on. Off: on the real catalogue copies
-    # did not raise accuracy or macro-F1 (3 seeds), only a tiny class's recall (README).
+    # featurize and train use them only when this is on.
+    # Off: copies did not raise accuracy or macro-F1 (docs/experiments.md#augmentation).
     enabled: bool = False
     # Each class is raised to min(target_per_class, max_factor x its train products).
     target_per_class: int = 2000
@@ -142,9 +145,8 @@ class TrainSettings:
     learning_rate: float = 0.0003
     dense_units: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.3
-    # none | balanced | sqrt. "none" scored best on the natural class distribution (3 seeds, real
-    # catalogue: 99.17 % test accuracy against 98.91 % for sqrt); weights trade it for recall
-    # of the small classes.
+    # none | balanced | sqrt; weights trade accuracy for recall of the small classes.
+    # none: the best accuracy on the natural class mix (docs/experiments.md#class-weights).
     class_weights: str = "none"
     # Early stopping: epochs without a better validation loss; the best weights are kept.
     patience: int = 8
@@ -174,9 +176,8 @@ class NeighboursSettings:
     # against the candidates in tiles of its own, so no block_rows^2 matrix).
     block_rows: int = 4096
     # Candidates are broadcast in chunks of at most this many bytes, one pass a chunk: a Python
-    # worker holds one chunk and one query block, the driver one chunk. The real catalogue's
-    # 44k x 1024 features (174 MiB) are one chunk: broadcast once from the driver, each task
-    # searching a range of it, with no blocks packed in Spark.
+    # worker holds one chunk and one query block, the driver one chunk.
+    # The real catalogue is one chunk, broadcast once (docs/design.md#exact-neighbours).
     broadcast_max_bytes: int = 256 * 1024 * 1024
     # Candidates must share these products columns with the query, e.g. [gender]; [] = any.
     same: list[str] = field(default_factory=list)
@@ -214,6 +215,7 @@ class TablesSettings:
     # Files hold the rows of this many consecutive product ids (a neighbours file k times as
     # many rows). A merge rewrites only the files holding a changed product: smaller files,
     # fewer bytes rewritten per change, more files to list and open per read.
+    # Smaller files do not pay (docs/performance.md#nightly-refresh-against-the-full-pipeline).
     products_per_file: int = 1000
 
 
@@ -251,7 +253,7 @@ class SqlSettings:
 @dataclass
 class SqlServerSettings:
     # The JDBC/ODBC endpoint (`./spark-submit.sh sql_server`): 127.0.0.1 serves this machine
-    # only; 0.0.0.0 lets BI tools on other machines connect (no authentication: see README).
+    # only; 0.0.0.0 lets BI tools on other machines connect (no authentication: README.md#sql).
     host: str = "127.0.0.1"
     port: int = 10000
     # How often the views are moved to the tables' newest versions (after a nightly refresh).
