@@ -63,11 +63,13 @@ def test_pipeline_job_end_to_end(pipeline_run, catalogue):
         assert (warehouse / "reports" / report / "index.html").stat().st_size > 0
 
 
-def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run):
+def test_the_pipeline_run_reads_back_from_mlflow(pipeline_run, tmp_path):
     """One parent run, a finished nested run per step with its params, metrics, artefacts and
-    table versions; the trained model is the train run's, logged with its signature."""
+    table versions; the trained model is the train run's, logged with its signature. On a
+    copy: loading a logged model writes beside its artefacts."""
     out, cfg = pipeline_run
-    warehouse = Path(cfg.warehouse)
+    warehouse = tmp_path / "warehouse"
+    copy_tables(Path(cfg.warehouse), warehouse)
     client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name("lookbook")
     runs = client.search_runs([experiment.experiment_id])
