@@ -215,8 +215,8 @@ def featurized(spark, catalogue, weights_cache, tmp_path_factory) -> Config:
     """The shared catalogue ingested and featurized (ImageNet VGG16, default settings).
     Tests may add tables (train, neighbours) but must not change `products` or `features`:
     a test that needs to, works on a copy (`warehouse_copy`)."""
-    from lookbook.pipelines.catalogue import ingest
-    from lookbook.pipelines.features import featurize
+    from lookbook.pipelines.catalogue_steps import ingest
+    from lookbook.pipelines.feature_steps import featurize
 
     cfg = config_for(catalogue[0], tmp_path_factory.mktemp("warehouse"), weights_cache)
     ingest(spark, cfg)

@@ -18,8 +18,8 @@ from lookbook.augment.transforms import CopyParameters, augment_image, copy_para
 from lookbook.config import AugmentSettings
 from lookbook.io.catalog import Catalog
 from lookbook.models.split import split_of
-from lookbook.pipelines.augment import augment, transform_ranges
-from lookbook.pipelines.catalogue import ingest
+from lookbook.pipelines.augment_steps import augment, transform_ranges
+from lookbook.pipelines.catalogue_steps import ingest
 
 from conftest import config_for
 
@@ -297,8 +297,8 @@ def test_featurize_computes_the_copies_and_train_uses_them_for_training_only(spa
 
     from lookbook.features.featurize import cached_model, embed_batch
     from lookbook.models.classifier import label_list
-    from lookbook.pipelines.classifier import training_data
-    from lookbook.pipelines.features import feature_spec, featurize
+    from lookbook.pipelines.classifier_steps import training_data
+    from lookbook.pipelines.feature_steps import feature_spec, featurize
 
     cfg, _ = augmented
     result = featurize(spark, cfg)

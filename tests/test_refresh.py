@@ -12,9 +12,9 @@ from deltalake import DeltaTable
 from PIL import Image, ImageOps
 
 from lookbook.io.catalog import TABLES, Catalog
-from lookbook.pipelines.catalogue import ingest
-from lookbook.pipelines.features import featurize
-from lookbook.pipelines.similarity import duplicates, neighbours
+from lookbook.pipelines.catalogue_steps import ingest
+from lookbook.pipelines.feature_steps import featurize
+from lookbook.pipelines.neighbour_steps import duplicates, neighbours
 
 from conftest import DUPLICATE_ID, config_for
 from reference import assert_exact_top_k
@@ -159,7 +159,7 @@ def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path):
 def test_a_refresh_killed_midway_is_completed_by_the_next(spark, warehouse_copy, tmp_path):
     from test_crash_safety import finish, start
 
-    from lookbook.pipelines.classifier import train
+    from lookbook.pipelines.classifier_steps import train
     from lookbook.pipelines.runner import run_job_steps
 
     catalogue = tmp_path / "catalogue"
@@ -211,7 +211,7 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
     import pandas as pd
 
     from lookbook.config import load_config
-    from lookbook.pipelines.similarity import update_neighbours
+    from lookbook.pipelines.neighbour_steps import update_neighbours
     from lookbook.similarity.knn import nearest_neighbours
 
     rng = np.random.default_rng(3)

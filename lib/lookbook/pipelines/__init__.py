@@ -1,13 +1,15 @@
 """Orchestration: steps by area, and the named pipelines that chain them.
 
-    catalogue.py   ingest, report
-    augment.py     augment
-    features.py    featurize
-    classifier.py  train, evaluate, predict
-    similarity.py  neighbours, evaluate_neighbours, duplicates, similar
-    maintenance.py vacuum
-    sql.py         sql, sql_server
-    compare.py     compare (feature models side by side)
+    catalogue_steps.py   ingest, report
+    augment_steps.py     augment
+    feature_steps.py     featurize
+    classifier_steps.py  train, evaluate, predict
+    neighbour_steps.py   neighbours, evaluate_neighbours, duplicates, similar
+    maintenance_steps.py vacuum
+    sql_steps.py         sql, sql_server
+    compare_steps.py     compare (feature models side by side)
+
+The modules are named `*_steps` so that none shares its name with a domain package.
 
 Every step is a job of its own (`./spark-submit.sh STEP`); `./spark-submit.sh pipeline
 name=NAME` runs one of PIPELINES in order. Domain packages (io, features, models,
@@ -16,14 +18,14 @@ similarity, reports) never import from here.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (register their steps)
-    augment,
-    catalogue,
-    classifier,
-    compare,
-    features,
-    maintenance,
-    similarity,
-    sql,
+    augment_steps,
+    catalogue_steps,
+    classifier_steps,
+    compare_steps,
+    feature_steps,
+    maintenance_steps,
+    neighbour_steps,
+    sql_steps,
 )
 from .base import STEPS, Step, StepResult
 

@@ -36,7 +36,7 @@ from .base import (
     written_metrics,
     written_summary,
 )
-from .features import feature_spec, spec_params
+from .feature_steps import feature_spec, spec_params
 
 log = logging.getLogger(__name__)
 

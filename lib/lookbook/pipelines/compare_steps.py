@@ -42,7 +42,7 @@ from ..similarity.knn import nearest_neighbours
 from ..similarity.relevance import relevance_metrics
 from ..tracking import Tracker
 from .base import STEPS, StepResult, catalog, step
-from .features import current_features, feature_spec
+from .feature_steps import current_features, feature_spec
 
 log = logging.getLogger(__name__)
 

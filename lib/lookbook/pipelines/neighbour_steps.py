@@ -36,7 +36,7 @@ from .base import (
     written_metrics,
     written_summary,
 )
-from .features import current_features, feature_spec, spec_params
+from .feature_steps import current_features, feature_spec, spec_params
 
 # Which features a neighbours row came from.
 SOURCE_COLUMNS = ["backbone", "layers", "weights", "height", "width", "precision"]
