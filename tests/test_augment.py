@@ -297,7 +297,7 @@ def test_featurize_computes_the_copies_and_train_uses_them_for_training_only(spa
 
     from lookbook.features.featurize import cached_model, embed_batch
     from lookbook.models.classifier import label_list
-    from lookbook.pipelines.classifier_steps import training_data
+    from lookbook.pipelines.classifier_steps import read_training_data
     from lookbook.pipelines.feature_steps import feature_spec, featurize
 
     cfg, _ = augmented
@@ -320,11 +320,11 @@ def test_featurize_computes_the_copies_and_train_uses_them_for_training_only(spa
 
     tables = Catalog(spark, cfg.warehouse)
     labels = label_list(tables.read("products"), "master_category")
-    data = training_data(tables, cfg, spec, labels).toPandas()
+    data = read_training_data(tables, cfg, spec, labels).toPandas()
     made = data[data["copy"]]
     assert len(made) == len(copies) and set(made["split"]) == {"train"}
     assert sorted(made["product_id"]) == sorted(c["parent_id"] for c in copies.values())
     assert len(data) - len(made) == len(products)
     off = config_for(Path(cfg.data_dir), Path(cfg.warehouse), Path(cfg.featurize.weights_cache))
-    assert not training_data(Catalog(spark, off.warehouse), off, spec, labels) \
+    assert not read_training_data(Catalog(spark, off.warehouse), off, spec, labels) \
         .where("copy").count()

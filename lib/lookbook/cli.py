@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         elif argv[:1] == ["config"]:
             print(config_yaml(parse_job_args("config", argv[1:])), end="")
         elif argv == ["tables-doc"]:
+            from . import pipelines  # noqa: F401  (the steps declare the tables' writers)
             from .io.catalog import reference_markdown
 
             print(reference_markdown(), end="")

@@ -17,38 +17,37 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
 from .. import tracking
 from ..compare.grid import Combination, combinations
-from ..compare.photos import KINDS, altered_photo, own_product_ranks, rank_metrics
+from ..compare.measures import neighbour_precision, photo_queries, photo_sample
 from ..compare.table import (
     PRECISION_K,
     comparison_table,
     markdown,
     neighbour_metric,
-    plot_comparison,
+    write_comparison,
 )
 from ..config import Config, parse_size
 from ..faults import crash_point
 from ..features.backbones import WeightsUnavailable
-from ..features.featurize import FeatureModelSpec, driver_feature_model, run_on_images, usable_embedding
-from ..io.catalog import Catalog
-from ..reports.html import write_html
-from ..similarity.knn import nearest_neighbours
-from ..similarity.relevance import relevance_metrics
+from ..features.featurize import FeatureModelSpec, usable_embedding
+from ..io.catalog import FEATURES, PRODUCTS
 from ..tracking import Tracker
-from .base import STEPS, StepResult, catalog, step
-from .feature_steps import current_features, feature_spec
+from .base import StepResult, catalog, step
+from .classifier_steps import evaluate, train
+from .feature_steps import current_features, feature_spec, featurize
 
 log = logging.getLogger(__name__)
 
 
-@step("compare")
+@step(reads=(PRODUCTS, FEATURES), writes=(), runs=(featurize, train, evaluate),
+      settings=("compare", "neighbours.block_rows", "neighbours.broadcast_max_bytes",
+                "tracking.enabled"))
 def compare(spark: SparkSession, cfg: Config) -> StepResult:
+    """Feature models side by side: each combination featurized, trained and evaluated alike."""
     if not cfg.tracking.enabled:
         raise RuntimeError("compare reads its table back from the MLflow runs of the "
                            "combinations: it needs tracking.enabled=true")
@@ -57,7 +56,7 @@ def compare(spark: SparkSession, cfg: Config) -> StepResult:
                           c.random_init)
     parent = tracking.active_run_id()
     tables = catalog(spark, cfg)
-    photos = photo_sample(tables, cfg.compare.photo_queries, cfg.compare.photo_seed)
+    photos = photo_sample(tables.read(PRODUCTS), c.photo_queries, c.photo_seed)
     statuses = {}
     for i, combo in enumerate(combos, 1):
         log.info("compare [%d/%d] %s", i, len(combos), combo.label)
@@ -112,98 +111,24 @@ def combination_config(cfg: Config, combo: Combination, model_run_id: str) -> Co
 
 def evaluate_combination(spark: SparkSession, cfg: Config, spec: FeatureModelSpec,
                          photos: pd.DataFrame) -> StepResult:
-    """featurize, train, evaluate with `cfg` (the combination's), then neighbours P@5 and the
-    photo queries; every step's metrics under its name."""
-    results = {name: STEPS[name](spark, cfg) for name in ("featurize", "train", "evaluate")}
-    if not results["featurize"].metrics.get("computed"):
-        results["featurize"].metrics["images_per_second"] = float("nan")  # all rows reused
+    """The steps compare runs (featurize, train, evaluate) with `cfg` (the combination's),
+    then neighbours P@5 and the photo queries; every step's metrics under its name."""
+    results = {s.name: s(spark, cfg) for s in compare.runs}
+    if not results[featurize.name].metrics.get("computed"):
+        results[featurize.name].metrics["images_per_second"] = float("nan")  # all rows reused
     tables = catalog(spark, cfg)
     features = (current_features(tables, spec).filter(usable_embedding())
                 .select("product_id", "embedding", "sha256").persist())
+    n = cfg.neighbours
     metrics = {f"{name}.{k}": v for name, r in results.items() for k, v in r.metrics.items()}
-    metrics |= neighbour_precision(features, tables.read("products").drop("image"), cfg)
+    metrics |= neighbour_precision(features, tables.read(PRODUCTS).drop("image"), n.block_rows,
+                                   n.broadcast_max_bytes)
     metrics |= photo_queries(features, spec, photos, cfg.compare.photo_seed)
     features.unpersist()
     params = {k: v for r in results.values() for k, v in r.params.items()}
-    evaluated = results["evaluate"].summary
+    trained, evaluated = results[train.name], results[evaluate.name]
     return StepResult(
-        f"{spec.backbone} {spec.height}x{spec.width} {spec.precision}: {evaluated}, P@5 "
+        f"{spec.backbone} {spec.height}x{spec.width} {spec.precision}: {evaluated.summary}, P@5 "
         f"{metrics[neighbour_metric(f'precision@{PRECISION_K}', 'articleType')]:.3f}",
-        params=params, metrics=metrics, history=results["train"].history,
-        artefacts=[*results["train"].artefacts, *results["evaluate"].artefacts])
-
-
-def neighbour_precision(features: DataFrame, products: DataFrame, cfg: Config) -> dict[str, float]:
-    """precision@5 (and recall, mAP) of every product's exact top-5 by `features` (usable
-    rows of one feature model), per relevance definition, computed in memory as the
-    neighbours and evaluate_neighbours steps would (no table written)."""
-    n = cfg.neighbours
-    result, _ = nearest_neighbours(features, PRECISION_K, n.block_rows, n.broadcast_max_bytes)
-    scores = relevance_metrics(result, products, PRECISION_K)
-    result.unpersist()
-    return {neighbour_metric(column, row["relevance"]): float(row[column])
-            for _, row in scores.iterrows() for column in scores.columns
-            if column not in ("relevance", "queries", "singletons")}
-
-
-def photo_sample(tables: Catalog, n: int, seed: int) -> pd.DataFrame:
-    """`n` products (product_id, image) chosen by a seeded hash of their id: the same for
-    every combination."""
-    return (tables.read("products").select("product_id", "image")
-            .orderBy(F.xxhash64(F.lit(seed), "product_id"), "product_id").limit(n).toPandas())
-
-
-def photo_queries(features: DataFrame, spec: FeatureModelSpec, photos: pd.DataFrame,
-                  seed: int) -> dict[str, float]:
-    """Each sampled product's image altered as a shopper's photo (each alteration alone and
-    all at once, `compare.photos`), featurized on the driver and ranked against the whole
-    catalogue's features: the share found at rank 1 and in the top 5; also the driver's
-    images/s over these photos (the same images for every combination) and the dimension.
-    `features`: the catalogue's usable rows of `spec`."""
-    catalogue = features.select("product_id", "embedding").toPandas()
-    ids = catalogue["product_id"].to_numpy()
-    vectors = np.stack(catalogue["embedding"].to_numpy()).astype(np.float32)
-    photos = photos[photos["product_id"].isin(ids)]
-    model = driver_feature_model(spec)
-    metrics = {"dimension": float(vectors.shape[1]), "photo.queries": float(len(photos))}
-    if photos.empty:
-        return metrics
-    warm_up = [bytes(b) for b in photos["image"][:spec.batch_size]]
-    run_on_images(model, warm_up, spec.height, spec.width, spec.batch_size, "compare")
-    seconds, images = 0.0, 0
-    for kind in KINDS:
-        altered = [altered_photo(bytes(b), int(pid), seed, kind)
-                   for pid, b in zip(photos["product_id"], photos["image"])]
-        started = time.perf_counter()
-        outputs, _ = run_on_images(model, altered, spec.height, spec.width, spec.batch_size,
-                                   "compare")
-        seconds += time.perf_counter() - started
-        images += len(altered)
-        good = [i for i, o in enumerate(outputs) if o is not None]
-        ranks = own_product_ranks(np.stack([outputs[i] for i in good]),
-                                  photos["product_id"].to_numpy()[good], vectors, ids)
-        metrics |= rank_metrics(kind, ranks)
-        metrics[f"photo.{kind}.failed"] = float(len(altered) - len(good))
-    metrics["photo.images_per_second"] = images / seconds
-    return metrics
-
-
-def write_comparison(table: pd.DataFrame, out: Path) -> Path:
-    """comparison.csv (every column), comparison.md, comparison.png and index.html."""
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "comparison.csv", index=False)
-    (out / "comparison.md").write_text(markdown(table))
-    chart = plot_comparison(table, out / "comparison.png")
-    photo_columns = ["backbone", "weights", "size", "precision",
-                     *[c for c in table.columns if c.startswith("photo.")]]
-    recall_columns = ["backbone", "weights", "size", "precision",
-                      *[c for c in table.columns if c.startswith("recall.")]]
-    write_html(out / "index.html", "lookbook: feature models compared", [
-        ("Combinations (same split, head and training budget)",
-         table.drop(columns=[c for c in table.columns if c.startswith(("photo.", "recall."))])),
-        ("Accuracy, neighbours and photo queries against featurize speed", chart),
-        ("Shopper-photo queries by alteration (share at rank 1 / in the top 5)",
-         table[photo_columns].round(4)),
-        ("Recall per class (test part)", table[recall_columns].round(4)),
-    ])
-    return out
+        params=params, metrics=metrics, history=trained.history,
+        artefacts=[*trained.artefacts, *evaluated.artefacts])
