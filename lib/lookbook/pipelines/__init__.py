@@ -29,7 +29,8 @@ from .classifier_steps import evaluate, predict, train
 from .feature_steps import featurize
 from .neighbour_steps import duplicates, evaluate_neighbours, neighbours
 
-__all__ = ["PIPELINES", "RETRAIN", "STEPS", "Step", "StepResult", "describe", "pipeline_steps"]
+__all__ = ["ABOUT", "PIPELINES", "RETRAIN", "STEPS", "Step", "StepResult", "describe",
+           "pipeline_steps"]
 
 
 def names(*steps: Step) -> list[str]:
@@ -44,8 +45,12 @@ PIPELINES: dict[str, list[str]] = {
     "refresh": names(ingest, augment, featurize, train, evaluate, predict, neighbours,
                      duplicates),
 }
-# "refresh" is the nightly job (`./spark-submit.sh refresh`): every step computes only what
-# changed since the tables were last written, and commits nothing when nothing did.
+ABOUT = {  # what each is for (`--help`)
+    "full": "Every step, from the catalogue folder to the reports.",
+    "refresh": "The nightly job (`./spark-submit.sh refresh`): every step computes only what "
+               "changed since the tables were last written, and commits nothing when nothing "
+               "did.",
+}
 # Steps of a pipeline run only with refresh.retrain=true (`refresh retrain=true`), where its
 # list places them: a new model is trained and evaluated before predict uses it.
 RETRAIN: dict[str, list[str]] = {"refresh": names(train, evaluate)}
