@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One way to run any lookbook job, locally or on a cluster:
 #   ./spark-submit.sh JOB [--conf FILE] [key=value ...]
+#   ./spark-submit.sh JOB --help     what it does, reads, writes, and its settings
 # Builds the package for --py-files, derives spark-submit options (master, Spark conf) from the
 # same config the job will load, ships that config with --files, and runs jobs/JOB.py with
 # Spark's own spark-submit.
@@ -50,6 +51,15 @@ if [[ ! -x "$PYTHON" ]]; then
   echo "spark-submit.sh: $PYTHON not found: run 'make setup' first (or set LOOKBOOK_PYTHON)" >&2
   exit 2
 fi
+# JOB --help (or -h): what the job does, reads and writes, and its settings, from the steps'
+# declarations; no Spark, no JVM.
+for arg in "$@"; do
+  if [[ "$arg" == -h || "$arg" == --help ]]; then
+    cd "$ROOT"
+    PYTHONPATH="$ROOT/lib" exec "$PYTHON" -m lookbook.cli help "$JOB" "$@"
+  fi
+done
+
 if [[ -n "${SPARK_HOME:-}" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"
 else

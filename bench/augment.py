@@ -28,7 +28,7 @@ from lookbook.augment.transforms import (  # noqa: E402
     copy_parameters,
 )
 from lookbook.config import AugmentSettings  # noqa: E402
-from lookbook.pipelines.augment import transform_ranges  # noqa: E402
+from lookbook.pipelines.augment_steps import transform_ranges  # noqa: E402
 
 
 def parent_images(data_dir: Path, n: int) -> list[tuple[int, bytes]]:

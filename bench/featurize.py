@@ -227,7 +227,7 @@ def main() -> None:
     from lookbook.features.featurize import featurize_products, prepare_model
     from lookbook.io.catalog import Catalog
     from lookbook.io.images import to_array
-    from lookbook.pipelines.catalogue import ingest
+    from lookbook.pipelines.catalogue_steps import ingest
     from lookbook.session import build_spark
 
     cores = os.cpu_count()

@@ -33,7 +33,7 @@ from lookbook.io.catalog import Catalog  # noqa: E402
 from lookbook.models import classifier as clf  # noqa: E402
 from lookbook.models.feed import Feed  # noqa: E402
 from lookbook.models.split import split_column  # noqa: E402
-from lookbook.pipelines.features import configured_layers_label  # noqa: E402
+from lookbook.pipelines.feature_steps import configured_layers_label  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 
 

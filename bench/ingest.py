@@ -20,7 +20,7 @@ from machine import cpu_line, real_data_args  # bench/machine.py
 
 from lookbook.config import load_config
 from lookbook.io.images import inspect_image
-from lookbook.pipelines.catalogue import ingest
+from lookbook.pipelines.catalogue_steps import ingest
 from lookbook.session import build_spark
 
 

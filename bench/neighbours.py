@@ -31,7 +31,7 @@ from machine import cpu_line  # bench/machine.py
 
 from lookbook.cli import configure_logging  # noqa: E402
 from lookbook.config import FeaturizeSettings, NeighboursSettings, SparkSettings, TensorflowSettings  # noqa: E402
-from lookbook.pipelines.features import configured_layers_label  # noqa: E402
+from lookbook.pipelines.feature_steps import configured_layers_label  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 from lookbook.similarity.knn import l2_normalise, nearest_neighbours  # noqa: E402
 

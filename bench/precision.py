@@ -30,10 +30,10 @@ from machine import cpu_line  # noqa: E402  (bench/machine.py)
 
 from lookbook.cli import configure_logging, parse_job_args  # noqa: E402
 from lookbook.io.catalog import Catalog  # noqa: E402
-from lookbook.pipelines.catalogue import ingest  # noqa: E402
-from lookbook.pipelines.classifier import evaluate, train  # noqa: E402
-from lookbook.pipelines.features import featurize  # noqa: E402
-from lookbook.pipelines.similarity import evaluate_neighbours, neighbours  # noqa: E402
+from lookbook.pipelines.catalogue_steps import ingest  # noqa: E402
+from lookbook.pipelines.classifier_steps import evaluate, train  # noqa: E402
+from lookbook.pipelines.feature_steps import featurize  # noqa: E402
+from lookbook.pipelines.neighbour_steps import evaluate_neighbours, neighbours  # noqa: E402
 from lookbook.session import build_spark  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")

@@ -1,4 +1,4 @@
-"""Compare feature models trained and evaluated alike (README: Compare feature models).
+"""Compare feature models trained and evaluated alike (docs/experiments.md).
 
     ./spark-submit.sh compare [backbones=vgg16,efficientnetlite0] [sizes=80x60,160x120]
         [precisions=fp32,bf16] [random_init=vgg16] [--conf FILE] [key=value ...]

@@ -1,4 +1,4 @@
-"""Delete table files no version of the last retention_hours needs (see README: Reliability).
+"""Delete table files no version of the last retention_hours needs (docs/design.md#reliability).
 
     ./spark-submit.sh vacuum [dry_run=true] [retention_hours=168] [--conf FILE] [key=value ...]
 """

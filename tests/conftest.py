@@ -262,8 +262,8 @@ def featured_build(spark) -> Path:
     """The shared catalogue (catalogue/, what it holds in made.json), ingested and featurized
     in-process (ImageNet VGG16, default settings) into warehouse/, with the converted weights
     in weights/."""
-    from lookbook.pipelines.catalogue import ingest
-    from lookbook.pipelines.features import featurize
+    from lookbook.pipelines.catalogue_steps import ingest
+    from lookbook.pipelines.feature_steps import featurize
 
     def build(root: Path) -> None:
         made = make_shared_catalogue(root / "catalogue")

@@ -1,23 +1,29 @@
 """Argument handling shared by every job, and the helpers `spark-submit.sh` calls.
 
     python -m lookbook.cli submit-options JOB [--conf FILE] [key=value ...]   NUL-terminated
+    python -m lookbook.cli help JOB [--conf FILE] [key=value ...]   what the job does (--help)
     python -m lookbook.cli package OUT.zip
     python -m lookbook.cli config [--conf FILE] [key=value ...]   the effective config as YAML
-    python -m lookbook.cli tables-doc                             README's table reference
+    python -m lookbook.cli tables-doc                             docs/tables.md's table reference
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import re
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from .config import Config, ConfigError, config_yaml, load_config, valid_keys
+
+HELP = ("-h", "--help")
 
 
 def parse_job_args(job: str, argv: list[str]) -> Config:
@@ -53,7 +59,7 @@ def query_argument(argv: list[str]) -> list[str]:
     for arg in args:
         if arg == "--conf":
             out += [arg, next(args, "")]
-        elif arg.startswith("--conf=") or arg in ("-h", "--help") or OVERRIDE.match(arg):
+        elif arg.startswith("--conf=") or arg in HELP or OVERRIDE.match(arg):
             out.append(arg)
         else:
             queries.append(arg)
@@ -81,6 +87,9 @@ def run_job(job: str, argv: list[str]) -> None:
     from .sql.views import SqlError
 
     try:
+        if any(arg in HELP for arg in argv):
+            print(job_help(job, argv), end="")
+            return
         cfg = parse_job_args(job, argv)
         job_steps(job, cfg)
     except (ConfigError, ValueError) as exc:
@@ -100,6 +109,83 @@ def run_job(job: str, argv: list[str]) -> None:
         from .tracking import store_uri
 
         print(f"MLflow run {run_id} in {store_uri(cfg)} (see README: Tracking)")
+
+
+def job_help(job: str, argv: list[str]) -> str:
+    """`JOB --help`: what the job does, the tables it (each of its steps) reads and writes, its
+    settings with their values and defaults, its shorthands; from the steps' declarations,
+    without Spark. The config is the one the job would run with (--conf, key=value)."""
+    from .pipelines import ABOUT, PIPELINES, RETRAIN, STEPS, describe
+    from .pipelines.runner import job_steps, pipeline_name
+
+    cfg = parse_job_args(job, [arg for arg in argv if arg not in HELP])
+    pipeline = pipeline_name(job, cfg)
+    steps = [STEPS[name] for name in job_steps(job, cfg)] if pipeline is None \
+        else [STEPS[name] for name in PIPELINES[pipeline]]
+    query = ' ["SELECT ..."]' if job == "sql" else ""
+    lines = [f"usage: ./spark-submit.sh {job}{query} [--conf FILE] [key=value ...]", ""]
+    if pipeline is None:
+        lines += [*_wrapped(steps[0].doc), "", *_tables(steps[0])]
+        if steps[0].runs:
+            lines += ["", "runs, each declaring its own: "
+                      + ", ".join(s.name for s in steps[0].runs)]
+            steps += steps[0].runs
+    else:
+        lines += [*_wrapped(f"Runs pipeline {pipeline!r}. {ABOUT[pipeline]}"), "",
+                  "steps, in order:"]
+        for label, s in zip(describe(pipeline), steps):
+            lines += _wrapped(f"{label}: {s.doc}", "  ", "      ")
+            lines += [f"    {t}" for t in _tables(s)]
+        lines += ["", f"pipelines (pipeline name=NAME): {', '.join(PIPELINES)}"]
+    sections = [job] if job in dataclasses.asdict(Config()) else []
+    sections += ["refresh.retrain"] if pipeline in RETRAIN else []
+    lines += ["", "settings (key = value; the built-in default where the config differs):"]
+    lines += _settings(cfg, [*sections, *(e for s in steps for e in s.settings)])
+    if job in SHORTHANDS:
+        lines += ["", "shorthands:", *(f"  {name}=... for {job}.{name}=..."
+                                       for name in SHORTHANDS[job])]
+    lines += ["", *_wrapped("Every job also takes warehouse, table_engine, spark.*, "
+                            "tensorflow.*, tables.* and tracking.*: `python -m lookbook.cli "
+                            "config` prints every setting.")]
+    return "\n".join(lines) + "\n"
+
+
+def _wrapped(text: str, first: str = "", rest: str = "") -> list[str]:
+    return textwrap.wrap(text, 96, initial_indent=first, subsequent_indent=rest)
+
+
+def _tables(step) -> list[str]:
+    from .io.catalog import Table
+
+    def named(tables) -> str:
+        return "every table" if set(tables) == set(Table) else ", ".join(tables) or "-"
+    return [f"reads:  {named(step.reads)}", f"writes: {named(step.writes)}"]
+
+
+def _settings(cfg: Config, entries: list[str]) -> list[str]:
+    """`key = value` of every key the entries (keys or sections) name, in the config's order."""
+    keys = [key for key in valid_keys()
+            if any(key == entry or key.startswith(f"{entry}.") for entry in entries)]
+    lines = []
+    for key in keys:
+        value, default = _setting(cfg, key), _setting(Config(), key)
+        lines.append(f"  {key} = {_shown(value)}"
+                     + ("" if value == default else f"  (default: {_shown(default)})"))
+    return lines
+
+
+def _setting(cfg: Config, key: str):
+    node = cfg
+    for part in key.removesuffix(".<any>").split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _shown(value) -> str:
+    """As an override would give it: key=value."""
+    if isinstance(value, str) and value:
+        return value
+    return json.dumps(value) if value is not None else "null"
 
 
 def summary_table(rows: list[tuple[str, float, str]]) -> str:
@@ -136,9 +222,12 @@ def main(argv: list[str] | None = None) -> None:
             # with mapfile -d '').
             options = submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)
             sys.stdout.write("".join(f"{option}\0" for option in options))
+        elif argv[:1] == ["help"] and len(argv) >= 2:
+            print(job_help(argv[1], argv[2:]), end="")
         elif argv[:1] == ["config"]:
             print(config_yaml(parse_job_args("config", argv[1:])), end="")
         elif argv == ["tables-doc"]:
+            from . import pipelines  # noqa: F401  (the steps declare the tables' writers)
             from .io.catalog import reference_markdown
 
             print(reference_markdown(), end="")

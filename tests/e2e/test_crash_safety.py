@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 from lookbook.config import load_config
 from lookbook.io.catalog import Catalog
 from lookbook.io.synthetic import make_catalogue
-from lookbook.pipelines.catalogue import ingest
-from lookbook.pipelines.maintenance import vacuum
+from lookbook.pipelines.catalogue_steps import ingest
+from lookbook.pipelines.maintenance_steps import vacuum
 
 from helpers import finish, kill_when, settings_of, start
 

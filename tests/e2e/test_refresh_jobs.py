@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lookbook.io.catalog import Catalog
 from lookbook.models.store import find_model
-from lookbook.pipelines.similarity import neighbours
+from lookbook.pipelines.neighbour_steps import neighbours
 
 from helpers import (
     PIPELINE_SETTINGS,

@@ -18,8 +18,8 @@ from lookbook.augment.transforms import CopyParameters, augment_image, copy_para
 from lookbook.config import AugmentSettings
 from lookbook.io.catalog import Catalog
 from lookbook.models.split import split_of
-from lookbook.pipelines.augment import augment, transform_ranges
-from lookbook.pipelines.catalogue import ingest
+from lookbook.pipelines.augment_steps import augment, transform_ranges
+from lookbook.pipelines.catalogue_steps import ingest
 
 from helpers import config_for, copy_tables
 
@@ -297,8 +297,8 @@ def test_featurize_computes_the_copies_and_train_uses_them_for_training_only(spa
 
     from lookbook.features.featurize import cached_model, embed_batch
     from lookbook.models.classifier import label_list
-    from lookbook.pipelines.classifier import training_data
-    from lookbook.pipelines.features import feature_spec, featurize
+    from lookbook.pipelines.classifier_steps import read_training_data
+    from lookbook.pipelines.feature_steps import feature_spec, featurize
 
     cfg, _ = augmented
     result = featurize(spark, cfg)
@@ -320,11 +320,11 @@ def test_featurize_computes_the_copies_and_train_uses_them_for_training_only(spa
 
     tables = Catalog(spark, cfg.warehouse)
     labels = label_list(tables.read("products"), "master_category")
-    data = training_data(tables, cfg, spec, labels).toPandas()
+    data = read_training_data(tables, cfg, spec, labels).toPandas()
     made = data[data["copy"]]
     assert len(made) == len(copies) and set(made["split"]) == {"train"}
     assert sorted(made["product_id"]) == sorted(c["parent_id"] for c in copies.values())
     assert len(data) - len(made) == len(products)
     off = config_for(Path(cfg.data_dir), Path(cfg.warehouse), Path(cfg.featurize.weights_cache))
-    assert not training_data(Catalog(spark, off.warehouse), off, spec, labels) \
+    assert not read_training_data(Catalog(spark, off.warehouse), off, spec, labels) \
         .where("copy").count()

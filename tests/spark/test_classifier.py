@@ -21,8 +21,8 @@ from lookbook.models.feed import Feed
 from lookbook.models.metrics import classification_metrics
 from lookbook.models.split import split_of
 from lookbook.models.store import TrainedClassifier, find_model, load_model
-from lookbook.pipelines.classifier import evaluate, predict, train
-from lookbook.pipelines.features import feature_spec
+from lookbook.pipelines.classifier_steps import evaluate, predict, train
+from lookbook.pipelines.feature_steps import feature_spec
 
 from helpers import REPO, config_for, copy_warehouse
 

@@ -27,8 +27,8 @@ from lookbook.features.featurize import (
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
 from lookbook.io.synthetic import draw_product, jpeg_bytes
-from lookbook.pipelines.catalogue import ingest as ingest_step
-from lookbook.pipelines.features import featurize as featurize_step
+from lookbook.pipelines.catalogue_steps import ingest as ingest_step
+from lookbook.pipelines.feature_steps import featurize as featurize_step
 
 from helpers import config_for, poisoned
 

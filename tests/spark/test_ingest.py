@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from lookbook.config import load_config
 from lookbook.io.catalog import Catalog
 from lookbook.io.ingest import ingest_catalogue, read_styles, sample_filter
-from lookbook.pipelines.catalogue import ingest as ingest_step
+from lookbook.pipelines.catalogue_steps import ingest as ingest_step
 
 MALFORMED_REAL_IDS = [3413, 3418, 3428, 4854, 23100, 23101, 23103, 23107, 23108, 23109, 23110,
                       23111, 23112, 23114, 23115, 23116, 23117, 23118, 23124, 23127, 44065, 59768]

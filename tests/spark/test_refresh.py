@@ -10,9 +10,9 @@ import pytest
 from deltalake import DeltaTable
 
 from lookbook.io.catalog import TABLES, Catalog
-from lookbook.pipelines.catalogue import ingest
-from lookbook.pipelines.features import featurize
-from lookbook.pipelines.similarity import duplicates, neighbours
+from lookbook.pipelines.catalogue_steps import ingest
+from lookbook.pipelines.feature_steps import featurize
+from lookbook.pipelines.neighbour_steps import duplicates, neighbours
 
 from helpers import change_catalogue, config_for, full_recomputation, neighbours_table, product_ids
 from reference import assert_exact_top_k
@@ -88,8 +88,7 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
     identical images that loses members, gains new ones and changed ones."""
     import pandas as pd
 
-    from lookbook.config import load_config
-    from lookbook.pipelines.similarity import update_neighbours
+    from lookbook.similarity.incremental import update_neighbours
     from lookbook.similarity.knn import nearest_neighbours
 
     rng = np.random.default_rng(3)
@@ -118,11 +117,9 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
             [(int(r.product_id), [float(x) for x in r.embedding], r.sha256, r.gender)
              for r in df.itertuples()], schema)
 
-    cfg = load_config(None, [f"neighbours.k={k}", "neighbours.block_rows=64",
-                             f"neighbours.broadcast_max_bytes={broadcast_max_bytes}",
-                             f"neighbours.same=[{','.join(same)}]"])
     old, _ = nearest_neighbours(frame(before), k, 64, broadcast_max_bytes, same)
-    update = update_neighbours(old, frame(after), frame(before).drop("embedding"), cfg)
+    update = update_neighbours(old, frame(after), frame(before).drop("embedding"), k=k,
+                               block_rows=64, broadcast_max_bytes=broadcast_max_bytes, same=same)
     replaced = update.rows.select("product_id").unionByName(update.removed)
     table = old.join(replaced, "product_id", "left_anti").unionByName(update.rows)
     got = table.toPandas().sort_values(["product_id", "rank"]).reset_index(drop=True)

@@ -13,7 +13,7 @@ from lookbook.features.backbones import resolve_weights
 from lookbook.features.feature_model import build_feature_model
 from lookbook.io.catalog import Catalog
 from lookbook.io.images import to_array
-from lookbook.pipelines.similarity import (
+from lookbook.pipelines.neighbour_steps import (
     duplicates,
     evaluate_neighbours,
     neighbours,

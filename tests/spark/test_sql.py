@@ -13,8 +13,8 @@ import pytest
 from deltalake import DeltaTable
 
 from lookbook.io.catalog import Catalog, table_spec
-from lookbook.pipelines.similarity import neighbours
-from lookbook.pipelines.sql import sql
+from lookbook.pipelines.neighbour_steps import neighbours
+from lookbook.pipelines.sql_steps import sql
 from lookbook.sql.results import aligned_table, cell_text
 from lookbook.sql.views import SqlError, resolve_versions
 

@@ -1,17 +1,21 @@
 """The layout holds: stage subpackages one level deep, no import cycles, domain code never
 imports orchestration, jobs are thin and match the registry, tables only through the
-catalogue, docs/tables.md's table reference is the catalogue's, conf files hold no defaults."""
+catalogue and named by its handles, steps declare what they read and write and pipelines
+follow the declarations, docs/tables.md's table reference is the catalogue's, conf files hold no
+defaults."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lookbook.config import Config, flat_config, load_config
-from lookbook.io.catalog import TABLES, reference_markdown
-from lookbook.pipelines import PIPELINES, STEPS
+from lookbook.config import Config, flat_config, load_config, valid_keys
+from lookbook.io.catalog import TABLES, Table, reference_markdown
+from lookbook.pipelines import PIPELINES, RETRAIN, STEPS, pipeline_steps
+from lookbook.pipelines.base import check_order
 from lookbook.pipelines.runner import job_names
 
 from helpers import REPO
@@ -136,6 +140,87 @@ def test_tables_are_written_and_read_only_through_the_catalogue():
         text = path.read_text()
         for call in ("write_table(", "read_table(", "DeltaTable("):
             assert call not in text, f"{path.relative_to(REPO)} calls {call}"
+
+
+def table_literals(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant in `source` that names a declared table: equal to
+    a table's name, or key-like (no spaces) with a table's name as a part between dots or
+    slashes ("lookbook.input.products", "augmented/"); f-strings' constant parts included.
+    Prose (messages, docstrings) may name tables. The config keys a `@step(settings=...)`
+    declares are left out: the `neighbours` section shares the table's name."""
+    tree = ast.parse(source)
+    config_keys = {id(node) for call in ast.walk(tree) if isinstance(call, ast.Call)
+                   and isinstance(call.func, ast.Name) and call.func.id == "step"
+                   for keyword in call.keywords if keyword.arg == "settings"
+                   for node in ast.walk(keyword.value)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and id(node) not in config_keys:
+            text = node.value
+            parts = set() if any(c.isspace() for c in text) else set(re.split(r"[./]", text))
+            if text in TABLES or parts & set(TABLES):
+                found.append((node.lineno, text))
+    return found
+
+
+def test_steps_name_tables_only_by_their_handles():
+    """A misspelt handle fails at import; a misspelt string would fail hours into a run."""
+    for path in sorted((PACKAGE / "pipelines").glob("*.py")):
+        found = table_literals(path.read_text())
+        assert not found, (f"pipelines/{path.name} names tables as strings (use the handles "
+                           f"of lookbook.io.catalog): {found}")
+
+
+def test_the_table_name_check_can_fail():
+    sample = """
+tables.read("features")
+meta = {"lookbook.input.products": "3", f"lookbook.input.{PRODUCTS}": "3"}
+source = f"augmented/{key}"
+counts = {f"products.{name}": 1, f"written.{table}.bytes": 2}
+message = "run the neighbours job first"
+@step(reads=(NEIGHBOURS,), writes=(), settings=("neighbours.k",))
+def duplicates(spark, cfg):
+    return "duplicates"
+"""
+    assert [text for _, text in sorted(table_literals(sample))] == [
+        "features", "lookbook.input.products", "augmented/", "products.", "duplicates"]
+
+
+def test_each_table_is_written_by_the_step_that_declares_it():
+    for name, spec in TABLES.items():
+        writers = [s.name for s in STEPS.values() if name in s.writes]
+        assert writers == [spec.written_by], name
+    for s in STEPS.values():
+        assert all(isinstance(t, Table) for t in (*s.reads, *s.writes)), s.name
+        assert not set(s.reads) & set(s.writes), s.name  # reads: besides what it writes
+
+
+def test_steps_declare_config_keys_that_exist():
+    keys = set(valid_keys())
+    sections = {k.split(".")[0] for k in keys if "." in k}
+    for s in STEPS.values():
+        assert s.settings, s.name
+        for entry in s.settings:
+            assert entry in keys or entry in sections, f"{s.name}: {entry}"
+
+
+def test_every_pipeline_is_in_an_order_its_declarations_allow():
+    for name, steps in PIPELINES.items():
+        check_order(name, [STEPS[s] for s in steps])  # its retrain steps included
+        assert set(RETRAIN.get(name, [])) <= set(steps)
+        assert pipeline_steps(name, retrain=True) == steps
+        assert pipeline_steps(name) == [s for s in steps if s not in RETRAIN.get(name, [])]
+
+
+def test_a_step_before_the_step_writing_what_it_reads_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="pipeline 'bad': step 'neighbours' reads features, "
+                                         "which the later step 'featurize' writes"):
+        check_order("bad", [STEPS["ingest"], STEPS["neighbours"], STEPS["featurize"]])
+    monkeypatch.setitem(PIPELINES, "bad", ["ingest", "predict", "augment", "featurize"])
+    with pytest.raises(ValueError, match="step 'predict' reads features, which the later "
+                                         "step 'featurize' writes; run 'featurize' first"):
+        pipeline_steps("bad")
 
 
 def test_only_tracking_talks_to_mlflow():

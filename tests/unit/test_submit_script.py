@@ -101,3 +101,42 @@ def test_unknown_key_lists_valid_keys():
     out = submit("ingest", "wherehouse=/tmp/x")
     assert out.returncode != 0
     assert "unknown config key 'wherehouse'" in out.stderr and "warehouse" in out.stderr
+
+
+# --help never reaches spark-submit: with this, it would fail.
+NO_SPARK = {"SPARK_HOME": "/nonexistent/spark"}
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_says_what_a_job_does_reads_and_writes_and_its_settings(flag):
+    out = submit("neighbours", flag, "neighbours.k=7", timeout=120, env=NO_SPARK, small=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: ./spark-submit.sh neighbours [--conf FILE]")
+    assert "\nEvery product's exact top-k." in out.stdout  # the step's docstring
+    assert "reads:  products, features\nwrites: neighbours\n" in out.stdout
+    assert "\n  neighbours.k = 7  (default: 5)\n" in out.stdout  # the config it would run with
+    assert "\n  featurize.backbone = vgg16\n" in out.stdout
+    assert "\n  sql.max_rows" not in out.stdout  # another job's settings
+
+
+def test_sql_help_names_every_table_and_the_shorthands():
+    out = submit("sql", "--help", timeout=120, env=NO_SPARK, small=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith('usage: ./spark-submit.sh sql ["SELECT ..."]')
+    assert "reads:  every table\nwrites: -\n" in out.stdout
+    assert "\n  sql.max_rows = 50\n" in out.stdout
+    assert "\n  query=... for sql.query=...\n" in out.stdout
+
+
+def test_pipeline_help_lists_its_steps_in_order_with_their_tables():
+    out = submit("refresh", "--help", timeout=120, env=NO_SPARK, small=False)
+    assert out.returncode == 0, out.stderr
+    steps = out.stdout.split("steps, in order:\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split(":")[0].strip() for line in steps.splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == ["ingest", "augment", "featurize", "train [retrain=true]",
+                      "evaluate [retrain=true]", "predict", "neighbours", "duplicates"]
+    assert "    reads:  products, features\n    writes: predictions, prediction_rejects" \
+        in out.stdout
+    assert "\n  refresh.retrain = false\n" in out.stdout
+    assert "\n  retrain=... for refresh.retrain=...\n" in out.stdout

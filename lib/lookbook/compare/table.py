@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..metric_names import metric_name
 from ..reports.figures import PLAIN, plt, save_figure
+from ..reports.html import write_html
 from .photos import ALTERATIONS, SHOPPER
 
 PRECISION_K = 5  # the table's neighbours precision@5
@@ -139,3 +140,24 @@ def plot_comparison(table: pd.DataFrame, out_png: str | Path) -> Path:
         axes[0].legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
     fig.tight_layout()
     return save_figure(fig, out_png)
+
+
+def write_comparison(table: pd.DataFrame, out: Path) -> Path:
+    """comparison.csv (every column), comparison.md, comparison.png and index.html."""
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(markdown(table))
+    chart = plot_comparison(table, out / "comparison.png")
+    photo_columns = ["backbone", "weights", "size", "precision",
+                     *[c for c in table.columns if c.startswith("photo.")]]
+    recall_columns = ["backbone", "weights", "size", "precision",
+                      *[c for c in table.columns if c.startswith("recall.")]]
+    write_html(out / "index.html", "lookbook: feature models compared", [
+        ("Combinations (same split, head and training budget)",
+         table.drop(columns=[c for c in table.columns if c.startswith(("photo.", "recall."))])),
+        ("Accuracy, neighbours and photo queries against featurize speed", chart),
+        ("Shopper-photo queries by alteration (share at rank 1 / in the top 5)",
+         table[photo_columns].round(4)),
+        ("Recall per class (test part)", table[recall_columns].round(4)),
+    ])
+    return out

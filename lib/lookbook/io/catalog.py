@@ -1,15 +1,20 @@
 """The table catalogue: every table declared once, and the one way steps read and write them.
 
-A declaration names the table, the step that writes it, its key columns and its schema (with a
-line per column for the README). `Catalog` resolves names to Delta tables under the
-warehouse: a write is checked against the declaration (same columns and types, keys unique),
-the SQL views are the declared tables, and the README's table reference is generated from the
-same declarations (`python -m lookbook.cli tables-doc`).
+A declaration names the table, its key columns and its schema (with a line per column for the
+docs/tables.md). `Table` has a member per declaration, also exported as a module-level name
+(`PRODUCTS`, `FEATURES`, ...): code names tables by these handles, so that a misspelt table is
+an import error, not a failure hours into a run. The step that writes a table declares it
+(`pipelines.base.step(writes=...)`) and registers here (`declare_writer`).
+`Catalog` resolves handles to Delta tables under the warehouse: a write is checked against the
+declaration (same columns and types, keys unique), the SQL views are the declared tables, and
+docs/tables.md's table reference is generated from the same declarations
+(`python -m lookbook.cli tables-doc`).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -32,7 +37,6 @@ class Column:
 class TableSpec:
     name: str
     doc: str
-    written_by: str  # the step (job) that writes it
     keys: tuple[str, ...]  # unique per row; () for a log without a natural key
     columns: tuple[Column, ...]
     # The table its step writes together with it (outputs and their rejects): a reader sees
@@ -46,13 +50,18 @@ class TableSpec:
     def schema(self) -> T.StructType:
         return T.StructType([T.StructField(c.name, c.type) for c in self.columns])
 
+    @property
+    def written_by(self) -> str | None:
+        """The step that declares it writes the table (None until the steps register)."""
+        return _WRITERS.get(self.name)
+
 
 LONG, INT, FLOAT, BOOL = T.LongType(), T.IntegerType(), T.FloatType(), T.BooleanType()
 STRING, BINARY, VECTOR = T.StringType(), T.BinaryType(), T.ArrayType(T.FloatType())
 
 
-def _rejects(name: str, written_by: str, doc: str, written_with: str) -> TableSpec:
-    return TableSpec(name, doc, written_by, (), (
+def _rejects(name: str, doc: str, written_with: str) -> TableSpec:
+    return TableSpec(name, doc, (), (
             Column("product_id", LONG, "where known"),
             Column("source", STRING, "the input: `styles.csv:<line>`, `images/<path>`, or the step"),
             Column("reason", STRING, "why it was rejected"),
@@ -74,7 +83,7 @@ INPUT_SIZE = (
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (
     TableSpec("products", "One row per catalogue product that has a valid row and image.",
-              "ingest", ("product_id",), (
+              ("product_id",), (
                   Column("product_id", LONG, "styles.csv `id`"),
                   Column("gender", STRING),
                   Column("master_category", STRING, "the classifier's label"),
@@ -93,13 +102,12 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("height", INT),
                   Column("sha256", STRING, "of the image bytes"),
               ), "rejects"),
-    _rejects("rejects", "ingest", "Every input that did not become a product, with the reason: "
-                                  "each input is in exactly one of `products` and `rejects`.",
-             "products"),
+    _rejects("rejects", "Every input that did not become a product, with the reason: each "
+                        "input is in exactly one of `products` and `rejects`.", "products"),
     TableSpec("features", "CNN feature vectors, one row per product and feature settings; rows "
                           "of other settings are kept.",
-              "featurize", ("product_id", "backbone", "layers", "weights", "preprocessing",
-                            "height", "width", "precision"), (
+              ("product_id", "backbone", "layers", "weights", "preprocessing", "height",
+               "width", "precision"), (
                   Column("product_id", LONG),
                   Column("sha256", STRING, "of the image the vector was computed from"),
                   *FEATURE_SETTINGS,
@@ -107,11 +115,11 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   *INPUT_SIZE,
                   Column("embedding", VECTOR, "raw (not normalised) features"),
               ), "feature_rejects"),
-    _rejects("feature_rejects", "featurize",
+    _rejects("feature_rejects",
              "Products whose image could not be featurized, with the reason.", "features"),
     TableSpec("augmented", "Augmented copies of train products of the small classes "
                            "(`augment`): the classifier trains on originals plus these.",
-              "augment", ("image_key",), (
+              ("image_key",), (
                   Column("image_key", STRING, "`<parent_id>:aug<copy_index>`"),
                   Column("parent_id", LONG, "the product copied (always in the train part)"),
                   Column("copy_index", INT, "0, 1, ... per parent"),
@@ -133,8 +141,8 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               ), rows_per_product=5, cluster_by=("parent_id",)),
     TableSpec("augmented_features", "CNN feature vectors of the augmented copies, one row per "
                                     "copy and feature settings (as `features`).",
-              "featurize", ("image_key", "backbone", "layers", "weights", "preprocessing",
-                            "height", "width", "precision"), (
+              ("image_key", "backbone", "layers", "weights", "preprocessing", "height",
+               "width", "precision"), (
                   Column("image_key", STRING),
                   Column("parent_id", LONG),
                   Column("sha256", STRING, "of the copy the vector was computed from"),
@@ -143,7 +151,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   *INPUT_SIZE,
                   Column("embedding", VECTOR, "raw (not normalised) features"),
               ), rows_per_product=5, cluster_by=("parent_id",)),
-    TableSpec("predictions", "The classifier's prediction for every product.", "predict",
+    TableSpec("predictions", "The classifier's prediction for every product.",
               ("product_id",), (
                   Column("product_id", LONG),
                   Column("predicted", STRING, "the most probable class"),
@@ -152,11 +160,11 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
                   Column("split", STRING, "train, validation or test, as the model was trained"),
                   Column("run_id", STRING, "the model (training run) that predicted"),
               ), "prediction_rejects"),
-    _rejects("prediction_rejects", "predict",
+    _rejects("prediction_rejects",
              "Products the classifier could not read, with the reason.", "predictions"),
     TableSpec("neighbours", "Every product's k most similar other products by cosine "
                             "similarity of their features, exact.",
-              "neighbours", ("product_id", "rank"), (
+              ("product_id", "rank"), (
                   Column("product_id", LONG),
                   Column("rank", INT, "1 = most similar"),
                   Column("neighbour_id", LONG),
@@ -165,7 +173,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               ), rows_per_product=5),
     TableSpec("duplicates", "Distinct product pairs at least `neighbours.duplicate_threshold` "
                             "similar, among each product's top k.",
-              "duplicates", ("product_id", "other_id"), (
+              ("product_id", "other_id"), (
                   Column("product_id", LONG, "the smaller id of the pair"),
                   Column("other_id", LONG),
                   Column("score", FLOAT),
@@ -174,7 +182,32 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
 )}
 
 
-def table_spec(name: str) -> TableSpec:
+# One member per declared table, `Table.PRODUCTS == "products"`, each also a module-level name:
+# `from lookbook.io.catalog import PRODUCTS`. A StrEnum, so a handle is the table's name
+# wherever a string is expected (paths, commit metadata, SQL views, f-strings).
+Table = StrEnum("Table", [(name.upper(), name) for name in TABLES], module=__name__,
+               qualname="Table")
+Table.__doc__ = "A declared table (see TABLES)."
+globals().update(Table.__members__)
+
+__all__ = ["BATCH", "Catalog", "Column", "TABLES", "Table", "TableSpec", "conform",
+           "declare_writer", "reference_markdown", "table_spec", *Table.__members__]
+
+# The step that writes each table, registered by the steps' declarations (io never imports
+# them). One step a table: its commits name it (`lookbook.job`), its readers are told to run it.
+_WRITERS: dict[str, str] = {}
+
+
+def declare_writer(step: str, table: Table) -> None:
+    """Record that `step` writes `table` (called when a step registers)."""
+    name = table_spec(table).name
+    if _WRITERS.get(name, step) != step:
+        raise ValueError(f"table {name} is declared written by {_WRITERS[name]} and by {step}: "
+                         f"one step writes a table")
+    _WRITERS[name] = step
+
+
+def table_spec(name: Table) -> TableSpec:
     try:
         return TABLES[name]
     except KeyError:
@@ -213,46 +246,46 @@ class Catalog:
         self._pinned: dict[str, tuple[int, int]] = {}  # name -> (latest, visible) versions
         self.written: dict[str, Written] = {}  # what this catalogue's writes did, by table
 
-    def path(self, name: str) -> str:
+    def path(self, name: Table) -> str:
         return str(Path(self.warehouse) / table_spec(name).name)
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: Table) -> bool:
         """The table has a complete version to read."""
         return self.on_disk(name) and self._versions(name)[1] >= 0
 
-    def on_disk(self, name: str) -> bool:
+    def on_disk(self, name: Table) -> bool:
         """A Delta table is at the table's path, complete or not."""
         return tables.table_exists(self.path(name))
 
-    def version(self, name: str) -> int:
+    def version(self, name: Table) -> int:
         """The version a read sees (see `_visible_version`)."""
         return self._versions(name)[1]
 
-    def pending(self, name: str) -> bool:
+    def pending(self, name: Table) -> bool:
         """The table has a newer version than readers see: an interrupted batch."""
         latest, visible = self._versions(name)
         return latest != visible
 
-    def readable(self, name: str, version: int) -> bool:
+    def readable(self, name: Table, version: int) -> bool:
         """Version `version` of the table can be read: in the log, its files not vacuumed."""
         return tables.version_readable(self.path(name), version)
 
-    def history(self, name: str) -> list[dict]:
+    def history(self, name: Table) -> list[dict]:
         return tables.table_history(self.path(name))
 
-    def read(self, name: str, version: int | None = None) -> DataFrame:
+    def read(self, name: Table, version: int | None = None) -> DataFrame:
         if not self.exists(name):
             raise FileNotFoundError(f"no {name} table in {self.warehouse}: run the "
-                                    f"{table_spec(name).written_by} job first")
+                                    f"{table_spec(name).written_by or 'writing'} job first")
         return tables.read_table(self.spark, self.path(name),
                                  self.version(name) if version is None else version)
 
-    def read_latest(self, name: str) -> DataFrame:
+    def read_latest(self, name: Table) -> DataFrame:
         """The newest version, complete or not: what a merge into the table applies to, so a
         step that completes an interrupted batch computes its changes against it."""
         return tables.read_table(self.spark, self.path(name), self._versions(name)[0])
 
-    def write(self, name: str, df: DataFrame, mode: str = "overwrite",
+    def write(self, name: Table, df: DataFrame, mode: str = "overwrite",
               metadata: dict[str, str] | None = None) -> int:
         """Write `df` as the table's new content (or extra rows); returns the version."""
         spec = table_spec(name)
@@ -262,7 +295,7 @@ class Catalog:
                                      **self._layout(spec))
         return self._wrote(name, written)
 
-    def merge(self, name: str, upserts: DataFrame, removed: DataFrame | None = None,
+    def merge(self, name: Table, upserts: DataFrame, removed: DataFrame | None = None,
               match_on: tuple[str, ...] | None = None,
               metadata: dict[str, str] | None = None) -> Written:
         """Replace the rows matching `upserts` or `removed` on `match_on` (default: the
@@ -278,7 +311,7 @@ class Catalog:
             self.written[name] = written
         return written
 
-    def differences(self, name: str, desired: DataFrame) -> tuple:
+    def differences(self, name: Table, desired: DataFrame) -> tuple:
         """(upserts, removed, match_on) for `merge` that make the table hold exactly the rows
         of `desired`: its rows the table lacks, and the table's rows (by key; whole rows for a
         table without keys) it does not hold. Nothing to commit when they are the same."""
@@ -324,7 +357,9 @@ class Catalog:
                 raise ValueError(f"{name} is written together with {partner}: pass both")
 
     def _metadata(self, spec: TableSpec, metadata: dict[str, str] | None) -> dict[str, str]:
-        meta = {"lookbook.job": spec.written_by, **(metadata or {})}
+        meta = dict(metadata or {})
+        if spec.written_by:  # the step whose commits these are (none until the steps register)
+            meta = {"lookbook.job": spec.written_by, **meta}
         if self.run_id:
             meta["lookbook.run_id"] = self.run_id
         return meta
@@ -333,15 +368,15 @@ class Catalog:
         return {"cluster_by": spec.cluster_by,
                 "rows_per_file": self.products_per_file * spec.rows_per_product}
 
-    def _read_version(self, name: str) -> int | None:
+    def _read_version(self, name: Table) -> int | None:
         return self._pinned[name][0] if name in self._pinned else None
 
-    def _wrote(self, name: str, written: Written) -> int:
+    def _wrote(self, name: Table, written: Written) -> int:
         self.written[name] = written
         self._pinned[name] = (written.version, written.version)
         return written.version
 
-    def _visible_version(self, name: str, latest: int) -> int:
+    def _visible_version(self, name: Table, latest: int) -> int:
         """The newest version whose batch is complete: a version committed by
         `write_together` whose partner table never got the same batch (the job died between
         the two commits) is skipped, with everything after it that changed no data.
@@ -360,13 +395,13 @@ class Catalog:
                 break  # a complete write: what it and older commits hold stands
         return visible
 
-    def _versions(self, name: str) -> tuple[int, int]:
+    def _versions(self, name: Table) -> tuple[int, int]:
         if name not in self._pinned:
             latest = tables.table_version(self.path(name))
             self._pinned[name] = (latest, self._visible_version(name, latest))
         return self._pinned[name]
 
-    def vacuum(self, name: str, retention_hours: int, dry_run: bool) -> tuple[list[str], int]:
+    def vacuum(self, name: Table, retention_hours: int, dry_run: bool) -> tuple[list[str], int]:
         """Files of the table no version of the last `retention_hours` needs (see
         `tables.vacuum_table`), deleted unless `dry_run`: (relative paths, bytes)."""
         return tables.vacuum_table(self.path(name), retention_hours, dry_run)
@@ -380,7 +415,7 @@ class Catalog:
 
 
 def reference_markdown() -> str:
-    """The README's table reference, generated from the declarations."""
+    """The table reference of docs/tables.md, generated from the declarations."""
     out = []
     for spec in TABLES.values():
         keys = ", ".join(f"`{k}`" for k in spec.keys) or "none"

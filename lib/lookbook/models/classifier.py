@@ -30,7 +30,7 @@ from ..features.featurize import (
 from ..io.files import ship_file
 from ..io.images import to_array
 from .split import split_column
-from .store import TrainedClassifier, head_path, load_model
+from .store import FEATURES_INFO, TrainedClassifier, head_path, load_model
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,11 @@ def features_settings(trained: TrainedClassifier) -> dict | None:
     (fine-tuned) or the model does not say (older models): such a model sees images only."""
     if trained.info.get("mode", "head") != "head":
         return None
-    return trained.info.get("features")
+    return trained.info.get(FEATURES_INFO)
+
+
+# The `input` column of classified products: what each prediction was computed from.
+FROM_FEATURES, FROM_IMAGE = "features", "image"
 
 
 def classify_products(products: DataFrame, features: DataFrame | None,
@@ -292,11 +296,11 @@ def classify_products(products: DataFrame, features: DataFrame | None,
     parts = []
     if by_features is not None:
         parts.append(classify_features(by_features.drop("sha256"), trained, threads)
-                     .withColumn("input", F.lit("features")))
+                     .withColumn("input", F.lit(FROM_FEATURES)))
     if n or by_features is None:
         spread = spread_images(by_image.drop("sha256"), n, rows_per_partition)
         parts.append(classify_images(spread, trained, batch_size, threads)
-                     .withColumn("input", F.lit("image")))
+                     .withColumn("input", F.lit(FROM_IMAGE)))
     return reduce(DataFrame.unionByName, parts)
 
 

@@ -27,6 +27,7 @@ MODEL_FILE = "model.keras"
 HEAD_FILE = "head.keras"
 INFO_FILE = "model.json"
 LATEST = "latest"
+FEATURES_INFO = "features"  # model.json: the settings of the feature rows the head trained on
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def pipeline_name(job: str, cfg: Config) -> str | None:
 
 
 def job_steps(job: str, cfg: Config) -> list[str]:
+    """The steps the job runs, in order; a pipeline's checked against the steps' declarations
+    (`check_order`) before anything runs."""
     name = pipeline_name(job, cfg)
     if name is not None:
         return pipeline_steps(name, cfg.refresh.retrain)

@@ -29,9 +29,14 @@ def gallery_queries(neighbours: DataFrame, products: DataFrame, per_class: int,
     return sample.unionByName(best).unionByName(worst).toPandas()
 
 
+def gallery_row(title: str, image: bytes, neighbours: list[tuple]) -> dict:
+    """A row of `plot_gallery`: neighbours is a list of (id, name, score, image bytes)."""
+    return {"title": title, "image": image, "neighbours": neighbours}
+
+
 def plot_gallery(rows: list[dict], out_png: str | Path) -> Path:
-    """One row per query: the query image, then its neighbours with id, name and score.
-    Each dict: title, image (bytes), neighbours: list of (id, name, score, image bytes)."""
+    """One row per query: the query image, then its neighbours with id, name and score
+    (rows made by `gallery_row`)."""
     k = max([len(r["neighbours"]) for r in rows] + [1])
     fig, axes = plt.subplots(len(rows) or 1, k + 1, squeeze=False,
                              figsize=(1.75 * (k + 1), 2.35 * max(1, len(rows))))
@@ -71,11 +76,9 @@ def gallery_rows(queries: pd.DataFrame, neighbours: DataFrame, products: DataFra
         found = [(int(n), float(s)) for n, s in zip(mine["neighbour_id"], mine["score"])
                  if n in info.index]
         gone = len(mine) - len(found)
-        rows.append({
-            "title": f"{query['why']}\n{pid} {shorten(info.loc[pid, 'article_type'], 18)}"
-                     + (f"\n({gone} gone from products)" if gone else ""),
-            "image": bytes(info.loc[pid, "image"]),
-            "neighbours": [(n, info.loc[n, "display_name"], s, bytes(info.loc[n, "image"]))
-                           for n, s in found],
-        })
+        rows.append(gallery_row(
+            f"{query['why']}\n{pid} {shorten(info.loc[pid, 'article_type'], 18)}"
+            + (f"\n({gone} gone from products)" if gone else ""),
+            bytes(info.loc[pid, "image"]),
+            [(n, info.loc[n, "display_name"], s, bytes(info.loc[n, "image"])) for n, s in found]))
     return rows

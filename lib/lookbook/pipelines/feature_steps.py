@@ -18,7 +18,16 @@ from ..features.featurize import (
     prepare_model,
     settings_match,
 )
-from ..io.catalog import Catalog, table_spec
+from ..io.catalog import (
+    AUGMENTED,
+    AUGMENTED_FEATURES,
+    FEATURE_REJECTS,
+    FEATURES,
+    PRODUCTS,
+    Catalog,
+    Table,
+    table_spec,
+)
 from .base import StepResult, catalog, committed, step, written_metrics, written_summary
 
 
@@ -36,16 +45,17 @@ def configured_layers_label(f: FeaturizeSettings) -> str:
 
 
 def spec_params(spec: FeatureModelSpec) -> dict[str, object]:
-    return {f"features.{k}": v for k, v in spec.settings().items()}
+    """Run params: the settings of the feature rows a step made or used."""
+    return {f"{FEATURES}.{k}": v for k, v in spec.settings().items()}
 
 
 def current_features(tables: Catalog, spec: FeatureModelSpec, *columns: str,
-                     versions: dict[str, int] | None = None) -> DataFrame:
+                     versions: dict[Table, int] | None = None) -> DataFrame:
     """Feature rows of `spec` for the products in the catalogue (today, or at the `versions`
     of products and features given), with `columns` of products joined on."""
     versions = versions or {}
-    products = tables.read("products", versions.get("products")).select("product_id", *columns)
-    return (tables.read("features", versions.get("features")).filter(settings_match(spec))
+    products = tables.read(PRODUCTS, versions.get(PRODUCTS)).select("product_id", *columns)
+    return (tables.read(FEATURES, versions.get(FEATURES)).filter(settings_match(spec))
             .join(products, "product_id"))
 
 
@@ -64,7 +74,7 @@ class FeaturizePlan:
             self.status.unpersist()
 
 
-def plan_table(tables: Catalog, name: str, images: DataFrame, spec: FeatureModelSpec,
+def plan_table(tables: Catalog, name: Table, images: DataFrame, spec: FeatureModelSpec,
                key: str) -> FeaturizePlan:
     existing = tables.read_latest(name) if tables.exists(name) else None
     todo, status = plan_featurize(images, existing, spec, key)
@@ -82,19 +92,19 @@ def featurize_copies(tables: Catalog, spec: FeatureModelSpec, rows_per_partition
     """Features of the augmented copies into `augmented_features` (same settings and rules
     as the products'): (the computed rows, persisted: unpersist them once the failures are
     written; the failures as feature_rejects rows; counts)."""
-    copies = tables.read("augmented").select("image_key", "parent_id", "sha256", "image")
-    plan = plan_table(tables, "augmented_features", copies, spec, "image_key")
+    copies = tables.read(AUGMENTED).select("image_key", "parent_id", "sha256", "image")
+    plan = plan_table(tables, AUGMENTED_FEATURES, copies, spec, "image_key")
     new = featurize_products(plan.todo, spec, rows_per_partition,
                              ("image_key", "parent_id")).persist()
     n_new = new.count()
     good = new.where(F.col("error").isNull()).drop("error")
     if plan.stale is None:
-        tables.write("augmented_features", good, metadata=meta)
+        tables.write(AUGMENTED_FEATURES, good, metadata=meta)
     else:
-        tables.merge("augmented_features", good, plan.stale, metadata=meta)
+        tables.merge(AUGMENTED_FEATURES, good, plan.stale, metadata=meta)
     failed = new.where(F.col("error").isNotNull()).select(
         F.col("parent_id").alias("product_id"),
-        F.concat(F.lit("augmented/"), F.col("image_key")).alias("source"),
+        F.concat(F.lit(f"{AUGMENTED}/"), F.col("image_key")).alias("source"),
         F.col("error").alias("reason"), F.lit(settings_detail(spec)).alias("detail"))
     n_failed = failed.count()
     plan.release()
@@ -107,7 +117,8 @@ def settings_detail(spec: FeatureModelSpec) -> str:
     return " ".join(str(v) for v in spec.settings().values())
 
 
-@step("featurize")
+@step(reads=(PRODUCTS, AUGMENTED), writes=(FEATURES, FEATURE_REJECTS, AUGMENTED_FEATURES),
+      settings=("featurize", "tensorflow", "augment.enabled"))
 def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     """Features for every product that has none with these settings for its current image;
     rows of gone products and changed images leave. Only files holding changed rows are
@@ -115,12 +126,11 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     tables = catalog(spark, cfg)
     spec = feature_spec(spark, cfg)
     meta = {f"lookbook.{k}": str(v) for k, v in spec.settings().items()}
-    detail = settings_detail(spec)
     copies, copy_failures, copy_counts = None, None, {}
-    if cfg.augment.enabled and tables.exists("augmented"):
+    if cfg.augment.enabled and tables.exists(AUGMENTED):
         copies, copy_failures, copy_counts = featurize_copies(
             tables, spec, cfg.featurize.rows_per_partition, meta)
-    plan = plan_table(tables, "features", tables.read("products"), spec, "product_id")
+    plan = plan_table(tables, FEATURES, tables.read(PRODUCTS), spec, "product_id")
     started = time.time()
     new = featurize_products(plan.todo, spec, cfg.featurize.rows_per_partition).persist()
     n_new = new.count()
@@ -128,28 +138,37 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
     n_failed = new.filter(F.col("error").isNotNull()).count()
     failures = new.filter(F.col("error").isNotNull()).select(
         "product_id", F.lit("featurize").alias("source"), F.col("error").alias("reason"),
-        F.lit(detail).alias("detail"))
+        F.lit(settings_detail(spec)).alias("detail"))
     if copy_failures is not None:
         failures = failures.unionByName(copy_failures)
     good = new.filter(F.col("error").isNull()).drop("error")
-    if plan.stale is None or not tables.exists("feature_rejects"):
-        outputs = tables.write_together({"features": good, "feature_rejects": failures},
-                                        metadata=meta)
-    else:
-        # Failures are tried again on every run: this settings' rejects become today's, other
-        # settings' stay.
-        rejects = tables.read_latest("feature_rejects").where(
-            ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
-        written = tables.merge_together({
-            "features": (good, plan.stale, None),
-            "feature_rejects": tables.differences("feature_rejects", rejects)}, metadata=meta)
-        outputs = committed(written)
+    outputs = write_features(tables, plan, good, failures, settings_detail(spec), meta)
     new.unpersist()
     plan.release()
     if copies is not None:
         copies.unpersist()
-        outputs.update(committed({"augmented_features": tables.written["augmented_features"]}))
-    computed = n_new - n_failed
+        outputs.update(committed({AUGMENTED_FEATURES: tables.written[AUGMENTED_FEATURES]}))
+    return featurize_result(tables, spec, plan, n_new - n_failed, n_failed, copy_counts,
+                            outputs, n_new / seconds if n_new and seconds else 0.0)
+
+
+def write_features(tables: Catalog, plan: FeaturizePlan, good: DataFrame, failures: DataFrame,
+                   detail: str, meta: dict[str, str]) -> dict[Table, int]:
+    """The new feature rows and this run's failures, as one batch; the versions committed."""
+    if plan.stale is None or not tables.exists(FEATURE_REJECTS):
+        return tables.write_together({FEATURES: good, FEATURE_REJECTS: failures}, metadata=meta)
+    # Failures are tried again on every run: this settings' rejects become today's, other
+    # settings' stay.
+    rejects = tables.read_latest(FEATURE_REJECTS).where(
+        ~F.col("detail").eqNullSafe(detail)).unionByName(failures)
+    return committed(tables.merge_together({
+        FEATURES: (good, plan.stale, None),
+        FEATURE_REJECTS: tables.differences(FEATURE_REJECTS, rejects)}, metadata=meta))
+
+
+def featurize_result(tables: Catalog, spec: FeatureModelSpec, plan: FeaturizePlan,
+                     computed: int, n_failed: int, copy_counts: dict[str, int],
+                     outputs: dict[Table, int], images_per_second: float) -> StepResult:
     return StepResult(
         f"{computed:,} computed, {plan.kept:,} already done, {n_failed:,} failed"
         + (f", {plan.n_stale:,} stale dropped" if plan.n_stale else "")
@@ -161,7 +180,6 @@ def featurize(spark: SparkSession, cfg: Config) -> StepResult:
                  + written_summary(tables.written)),
         params=spec_params(spec),
         metrics={"computed": computed, "reused": plan.kept, "failed": n_failed,
-                 "stale": plan.n_stale, **copy_counts,
-                 "images_per_second": n_new / seconds if n_new and seconds else 0.0,
+                 "stale": plan.n_stale, **copy_counts, "images_per_second": images_per_second,
                  **written_metrics(tables.written)},
         outputs=outputs)

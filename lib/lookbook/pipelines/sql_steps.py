@@ -12,6 +12,7 @@ from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from ..config import Config, SqlSettings
+from ..io.catalog import Table
 from ..sql.errors import error_line, quiet_query_error_log
 from ..sql.results import aligned_table, first_rows, save_result
 from ..sql.server import ViewRefresher, start_thrift_server, wait_until_listening
@@ -41,7 +42,7 @@ def query_params(raw: dict[str, str]) -> dict:
             for name, value in typed.items()}
 
 
-@step("sql")
+@step(reads=tuple(Table), writes=(), settings=("sql",))
 def sql(spark: SparkSession, cfg: Config) -> StepResult:
     """Run one query; every table is a view by its name, `name@vN` an older version."""
     text, params = query_text(cfg.sql), query_params(cfg.sql.params)
@@ -67,7 +68,7 @@ def sql(spark: SparkSession, cfg: Config) -> StepResult:
                                                           if saved is not None else {})})
 
 
-@step("sql_server")
+@step(reads=tuple(Table), writes=(), settings=("sql_server",))
 def sql_server(spark: SparkSession, cfg: Config) -> StepResult:
     """Serve every table over JDBC/ODBC until SIGTERM or Ctrl-C."""
     s = cfg.sql_server

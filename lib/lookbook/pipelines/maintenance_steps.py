@@ -7,19 +7,21 @@ import time
 from pyspark.sql import SparkSession
 
 from ..config import Config
-from ..io.catalog import TABLES
+from ..io.catalog import Table
 from ..models.store import abandoned_partials
 from .base import StepResult, catalog, step
 
 
-@step("vacuum")
+@step(reads=tuple(Table), writes=(), settings=("vacuum", "model.dir"))
 def vacuum(spark: SparkSession, cfg: Config) -> StepResult:
+    """Delete the files of every table that no version of the last retention_hours needs
+    (no table's content changes), and model saves that never completed."""
     tables = catalog(spark, cfg)
     v = cfg.vacuum
     verb = "would delete" if v.dry_run else "deleted"
     lines, metrics = [], {}
     n_files = n_bytes = 0
-    for name in TABLES:
+    for name in Table:
         if not tables.on_disk(name):
             continue
         files, size = tables.vacuum(name, v.retention_hours, v.dry_run)

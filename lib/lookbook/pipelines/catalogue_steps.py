@@ -7,18 +7,19 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config
+from ..io.catalog import PRODUCTS, REJECTS
 from ..io.ingest import catalogue_changes, format_summary, ingest_catalogue
 from ..reports.catalogue import class_counts, plot_class_balance, plot_samples, sample_per_class
 from ..reports.html import write_html
 from .base import StepResult, catalog, committed, step, written_metrics, written_summary
 
 
-@step("ingest")
+@step(reads=(), writes=(PRODUCTS, REJECTS), settings=("data_dir", "ingest"))
 def ingest(spark: SparkSession, cfg: Config) -> StepResult:
     """The catalogue folder into `products` and `rejects`. Once the tables exist, only new
     and changed images are decoded, and only the files holding changed rows are rewritten."""
     tables = catalog(spark, cfg)
-    previous = tables.read_latest("products") if tables.exists("products") else None
+    previous = tables.read_latest(PRODUCTS) if tables.exists(PRODUCTS) else None
     known = previous.select("product_id", "sha256", "format", "mode", "width", "height") \
         if previous is not None else None
     result = ingest_catalogue(
@@ -29,9 +30,9 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
         target_file_bytes=cfg.spark.target_file_bytes,
         known=known)
     meta = {"lookbook.data_dir": str(Path(cfg.data_dir).resolve())}
-    if previous is None or not tables.exists("rejects"):
-        outputs = tables.write_together({"products": result.products,
-                                         "rejects": result.rejects}, metadata=meta)
+    if previous is None or not tables.exists(REJECTS):
+        outputs = tables.write_together({PRODUCTS: result.products, REJECTS: result.rejects},
+                                        metadata=meta)
         counts = {"new": result.ingested}
     else:
         changes = catalogue_changes(result.products, previous).persist()
@@ -41,8 +42,8 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
                                        "left_semi")
         deleted = changes.where("change = 'deleted'").select("product_id")
         written = tables.merge_together({
-            "products": (upserts, deleted, None),
-            "rejects": tables.differences("rejects", result.rejects),
+            PRODUCTS: (upserts, deleted, None),
+            REJECTS: tables.differences(REJECTS, result.rejects),
         }, metadata=meta)
         changes.unpersist()
         outputs = committed(written)
@@ -56,18 +57,20 @@ def ingest(spark: SparkSession, cfg: Config) -> StepResult:
         metrics={"styles_rows": result.styles_rows, "image_files": result.image_files,
                  "blank_lines": result.blank_lines, "unaccounted": result.unaccounted,
                  "decoded": result.decoded,
-                 **{f"changes.{c}": n for c, n in counts.items()}, **written_metrics(tables.written),
-                 "products": result.ingested, "rejects": n_rejects,
-                 **{f"products.{cls}": n for cls, n in result.per_class.items()},
-                 **{f"rejects.{reason}": n for reason, n in result.rejects_by_reason.items()}},
+                 **{f"changes.{c}": n for c, n in counts.items()},
+                 **written_metrics(tables.written),
+                 PRODUCTS: result.ingested, REJECTS: n_rejects,
+                 **{f"{PRODUCTS}.{cls}": n for cls, n in result.per_class.items()},
+                 **{f"{REJECTS}.{reason}": n for reason, n in result.rejects_by_reason.items()}},
         outputs=outputs)
 
 
-@step("report")
+@step(reads=(PRODUCTS, REJECTS), writes=(), settings=("report", "augment.enabled"))
 def report(spark: SparkSession, cfg: Config) -> StepResult:
+    """The catalogue's report: products per class, sample images, rejects by reason."""
     tables = catalog(spark, cfg)
-    products = tables.read("products")
-    rejects = tables.read("rejects")
+    products = tables.read(PRODUCTS)
+    rejects = tables.read(REJECTS)
     out = Path(cfg.reports_dir) / "catalogue"
     counts = class_counts(products)
     balance = plot_class_balance(counts, out / "class_balance.png", "masterCategory")
