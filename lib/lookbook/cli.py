@@ -111,6 +111,23 @@ def run_job(job: str, argv: list[str]) -> None:
         print(f"MLflow run {run_id} in {store_uri(cfg)} (see README: Tracking)")
 
 
+# The jobs that run a named pipeline (pipelines.runner.pipeline_name); only their options
+# import the steps, which costs every other job's start seconds.
+PIPELINE_JOBS = ("pipeline", "refresh")
+
+
+def check_pipeline(job: str, cfg: Config) -> None:
+    """A pipeline job's steps exist and are in an order their declarations allow: checked
+    before spark-submit starts a JVM."""
+    if job in PIPELINE_JOBS:
+        from .pipelines.runner import job_steps
+
+        try:
+            job_steps(job, cfg)
+        except ValueError as exc:
+            sys.exit(f"lookbook {job}: {exc}")
+
+
 def job_help(job: str, argv: list[str]) -> str:
     """`JOB --help`: what the job does, the tables it (each of its steps) reads and writes, its
     settings with their values and defaults, its shorthands; from the steps' declarations,
@@ -218,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             print(package(argv[1]))
         elif argv[:1] == ["submit-options"] and len(argv) >= 2:
             cfg = parse_job_args(argv[1], argv[2:])
+            check_pipeline(argv[1], cfg)
             # NUL-terminated: a conf value may contain a newline (spark-submit.sh reads them
             # with mapfile -d '').
             options = submit_options(cfg.spark, cfg.tensorflow, cfg.table_engine)

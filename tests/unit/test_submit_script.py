@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from lookbook.pipelines.runner import job_names
+
 from helpers import REPO, SUBMIT, submit
 
 
@@ -140,3 +142,18 @@ def test_pipeline_help_lists_its_steps_in_order_with_their_tables():
         in out.stdout
     assert "\n  refresh.retrain = false\n" in out.stdout
     assert "\n  retrain=... for refresh.retrain=...\n" in out.stdout
+
+
+def test_an_unknown_pipeline_is_refused_before_spark_starts(tmp_path):
+    out = submit("pipeline", "name=nightly", f"warehouse={tmp_path}", env=NO_SPARK)
+    assert out.returncode != 0
+    assert "no pipeline 'nightly'; pipelines: full (ingest, augment, featurize" in out.stderr
+
+
+def test_the_pipeline_jobs_are_the_runners():
+    from lookbook.cli import PIPELINE_JOBS
+    from lookbook.config import load_config
+    from lookbook.pipelines.runner import pipeline_name
+
+    cfg = load_config(None, [])
+    assert {job for job in job_names() if pipeline_name(job, cfg)} == set(PIPELINE_JOBS)
