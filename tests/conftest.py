@@ -68,16 +68,29 @@ LONGEST_FILES = ["test_cluster.py", "test_notebooks.py", "test_compare.py", "tes
 
 # --- built once for every test process ------------------------------------------------------
 
-def code_digest(*inputs) -> str:
+def pytest_configure(config):
+    """The code's digest, taken once by the process that starts the session: its workers
+    (pytest-xdist) inherit it, so that all of them agree on the shared folders' keys even
+    when a file changes while they run."""
+    if not hasattr(config, "workerinput"):
+        os.environ["LOOKBOOK_TEST_CODE_DIGEST"] = code_digest()
+
+
+def code_digest() -> str:
     """A digest of the code that builds the shared folders (the package, its jobs, these
-    test files, the pinned dependencies) and of `inputs`: a change to any gives a new key."""
-    digest = hashlib.sha256(repr(inputs).encode())
+    test files, the pinned dependencies): a change to any gives new keys."""
+    digest = hashlib.sha256()
     files = [*sorted((REPO / "lib" / "lookbook").rglob("*.py")), *sorted((REPO / "jobs").glob("*.py")),
              *sorted((REPO / "conf").rglob("*.*")), REPO / "spark-submit.sh",
              REPO / "constraints.txt", REPO / "tests" / "conftest.py", REPO / "tests" / "helpers.py"]
     for path in files:
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def shared_key(name: str, *inputs) -> str:
+    code = os.environ.get("LOOKBOOK_TEST_CODE_DIGEST") or code_digest()
+    return f"{name}-{hashlib.sha256(repr((code, inputs)).encode()).hexdigest()[:16]}"
 
 
 def manifest(folder: Path) -> dict[str, list[int]]:
@@ -94,19 +107,18 @@ def built_once(name: str, build: Callable[[Path], None], *inputs,
     """The folder `build` fills, built by the first test process to ask (the others wait on
     a file lock and then read it): one build per test session, or fewer, since the folder
     is kept and found again while the code and `inputs` are the same (`code_digest`). A
-    build that fails leaves no folder behind. Its `read_only` subfolders must be the same
-    when the process ends (checked by `shared_folders_stay_unchanged`): a test that writes
-    works on a copy."""
-    key = f"{name}-{code_digest(name, *inputs)}"
+    build that fails leaves no folder behind; builds of older code go after two days. Its
+    `read_only` subfolders must be the same when the process ends (checked by
+    `shared_folders_stay_unchanged`): a test that writes works on a copy."""
+    key = shared_key(name, *inputs)
     target = CACHE / key
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = target / ".built"
         if not done.exists():
-            for old in CACHE.glob(f"{name}-*"):  # other code's builds, and a failed one
-                if old.is_dir():
-                    shutil.rmtree(old, ignore_errors=True)
+            forget_old_builds(name)
+            shutil.rmtree(target, ignore_errors=True)  # a failed build's
             target.mkdir()
             try:
                 build(target)
@@ -114,9 +126,23 @@ def built_once(name: str, build: Callable[[Path], None], *inputs,
                 shutil.rmtree(target, ignore_errors=True)
                 raise
             done.write_text(json.dumps({sub: manifest(target / sub) for sub in read_only}))
+    os.utime(target)  # in use (forget_old_builds)
     if read_only:
         BUILT[target] = json.loads(done.read_text())
     return target
+
+
+def forget_old_builds(name: str, days: float = 2) -> None:
+    """Builds of other code not used for `days`: a test session still reading one keeps
+    it (its mtime is refreshed each time a process takes it)."""
+    import time
+
+    for old in CACHE.glob(f"{name}-*"):
+        if time.time() - old.stat().st_mtime > days * 86400:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

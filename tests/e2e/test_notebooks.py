@@ -15,9 +15,10 @@ ON_THEIR_OWN = {"01_explore.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path, pipeline_run, tmp_path, monkeypatch):
+def test_notebook_executes(path, request, tmp_path, monkeypatch):
     if path.name not in ON_THEIR_OWN:
-        monkeypatch.setenv("LOOKBOOK_CONF", str(notebook_config(pipeline_run[1], tmp_path)))
+        run = request.getfixturevalue("pipeline_run")[1]
+        monkeypatch.setenv("LOOKBOOK_CONF", str(notebook_config(run, tmp_path)))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
