@@ -82,6 +82,8 @@ def copy_tables(warehouse: Path, to: Path) -> None:
             db.execute("UPDATE experiments SET artifact_location = "
                        "replace(artifact_location, ?, ?)", (old, new))
             db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+            db.execute("UPDATE logged_models SET artifact_location = "
+                       "replace(artifact_location, ?, ?)", (old, new))
         db.close()
 
 
