@@ -35,9 +35,10 @@ PINNED = ("featurize.precision=fp32",)
 SMALL_JOB = ("spark.master=local[2]", "spark.driver_memory=2g")
 
 # The shared pipeline run's settings: a few epochs (the steps and their records are under
-# test, not the model's quality: test_classifier's), copies of the small classes.
+# test, not the model's quality: test_classifier's), copies of the small classes, neighbours
+# within a gender (a relabelled product changes group: test_refresh_jobs).
 PIPELINE_SETTINGS = ("augment.enabled=true", "augment.target_per_class=15",
-                     "augment.max_factor=3", "train.epochs=4")
+                     "augment.max_factor=3", "train.epochs=4", "neighbours.same=[gender]")
 
 
 def real_data_dir() -> Path:
@@ -238,6 +239,30 @@ def neighbours_table(spark, warehouse) -> pd.DataFrame:  # noqa: F821
 
 def product_ids(spark, warehouse) -> list[int]:
     return [r[0] for r in Catalog(spark, str(warehouse)).read("products").select("product_id").collect()]
+
+
+def job_runs(warehouse: Path | str, job: str) -> list:
+    """The MLflow runs of `job` in the warehouse's tracking store, oldest first (a killed
+    job's run stays RUNNING)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{Path(warehouse).resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("lookbook")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`lookbook.job` = '{job}'",
+                              order_by=["attributes.start_time ASC"])
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
+def step_metrics(warehouse: Path | str, parent_run_id: str) -> dict[str, dict[str, float]]:
+    """The metrics of each step of a job's run (its nested MLflow runs), by step name."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{Path(warehouse).resolve()}/mlflow.db")
+    experiment = client.get_experiment_by_name("lookbook")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return {run.info.run_name: run.data.metrics for run in runs}
 
 
 def full_recomputation(spark, cfg, tmp_path: Path, *steps) -> Path:

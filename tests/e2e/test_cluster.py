@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from deltalake import DeltaTable
-from mlflow import MlflowClient
 
-from helpers import SPARK_HOME, free_port, submit
+from helpers import SPARK_HOME, free_port, step_metrics, submit
 from reference import assert_exact_top_k
 
 SITE_PACKAGES = SPARK_HOME.parent
@@ -212,16 +211,6 @@ def ids_of(warehouse: Path, name: str) -> list[int]:
     return sorted(table(warehouse, name)["product_id"].astype(int))
 
 
-def step_metrics(warehouse: Path, job_output: str) -> dict[str, dict[str, float]]:
-    """The metrics of each step of the job whose output this is (its nested MLflow runs)."""
-    parent = re.findall(r"MLflow run (\S+) in ", job_output)[-1]
-    client = MlflowClient(f"sqlite:///{warehouse.resolve()}/mlflow.db")
-    experiment = client.get_experiment_by_name("lookbook")
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    return {run.info.run_name: run.data.metrics for run in runs}
-
-
 def executor_dirs(cluster: Cluster) -> dict[str, list[Path]]:
     """Every application's executor folders, over both workers."""
     apps: dict[str, list[Path]] = {}
@@ -277,7 +266,7 @@ def test_pipeline_and_refresh_on_a_standalone_cluster(cluster, real_data, tmp_pa
                        images=features["sha256"])
 
     # Only what changed was computed; unchanged products' rows are the ones of the first run.
-    steps = step_metrics(warehouse, refresh.stdout)
+    steps = step_metrics(warehouse, re.findall(r"MLflow run (\S+) in ", refresh.stdout)[-1])
     assert {k: steps["ingest"].get(f"changes.{k}") for k in ("new", "image", "deleted")} == \
         {k: len(changed[k]) for k in ("new", "image", "deleted")}
     computed = len(changed["new"]) + len(changed["image"])

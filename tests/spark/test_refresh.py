@@ -1,83 +1,11 @@
-"""The nightly refresh in-process: after products are added, changed (image or labels) and
-deleted in the catalogue folder, every table equals what a full recomputation gives, only the
-changed products are decoded and featurized, unchanged files are kept, and a refresh with no
-change commits nothing (tests/e2e/test_refresh_jobs.py: the refresh job, killed mid-way)."""
-import shutil
-from pathlib import Path
+"""The nightly refresh's parts on small frames: the incremental top-k update against a full
+recomputation, and the steps the refresh job runs (tests/e2e/test_refresh_jobs.py: the job
+itself, killed mid-way, against a full recomputation)."""
 
 import numpy as np
 import pytest
-from deltalake import DeltaTable
 
-from lookbook.io.catalog import TABLES, Catalog
-from lookbook.pipelines.catalogue_steps import ingest
-from lookbook.pipelines.feature_steps import featurize
-from lookbook.pipelines.neighbour_steps import duplicates, neighbours
-
-from helpers import change_catalogue, config_for, full_recomputation, neighbours_table, product_ids
 from reference import assert_exact_top_k
-
-
-def versions(warehouse: Path) -> dict[str, int]:
-    return {name: DeltaTable(str(warehouse / name)).version() for name in TABLES
-            if (warehouse / name / "_delta_log").exists()}
-
-
-def test_refresh_equals_a_full_recomputation(spark, warehouse_copy, tmp_path):
-    """With neighbours.same=[gender], so that a change of labels moves a product to another
-    group (the job test below checks the default, any product a candidate)."""
-    same = ["gender"]
-    catalogue = tmp_path / "catalogue"
-    shutil.copytree(warehouse_copy.data_dir, catalogue)
-    cfg = config_for(catalogue, Path(warehouse_copy.warehouse),
-                     Path(warehouse_copy.featurize.weights_cache),
-                     f"neighbours.same=[{','.join(same)}]")
-    neighbours(spark, cfg)
-    duplicates(spark, cfg)
-    before = neighbours_table(spark, cfg.warehouse)
-    changed = change_catalogue(catalogue, product_ids(spark, cfg.warehouse))
-
-    ingested = ingest(spark, cfg)
-    assert {k: ingested.metrics.get(f"changes.{k}") for k in changed} == \
-        {k: len(v) for k, v in changed.items()}
-    featurized = featurize(spark, cfg)
-    assert featurized.metrics["computed"] == len(changed["new"]) + len(changed["image"])
-    assert featurized.metrics["stale"] == len(changed["image"]) + len(changed["deleted"])
-    updated = neighbours(spark, cfg)
-    assert updated.metrics["incremental"] == 1
-    duplicates(spark, cfg)
-
-    got = neighbours_table(spark, cfg.warehouse)
-    reference = full_recomputation(spark, cfg, tmp_path, neighbours, duplicates)
-    expected = neighbours_table(spark, reference)
-    assert got.equals(expected)  # every row, ties and float scores included
-    tables = Catalog(spark, cfg.warehouse)
-    features = (tables.read("features").join(tables.read("products").select(
-        "product_id", *(same or ["gender"])), "product_id").toPandas().sort_values("product_id"))
-    assert_exact_top_k(got, features["product_id"], np.stack(features["embedding"]), cfg.neighbours.k,
-                       images=features["sha256"], groups=features[same[0]] if same else None)
-    assert not set(changed["deleted"]) & (set(got["product_id"]) | set(got["neighbour_id"]))
-    # Not every list was recomputed: a few changes, a few lists.
-    assert 0 < updated.metrics["changes.lists_changed"] < len(before["product_id"].unique()) / 2
-    got_pairs = tables.read("duplicates").toPandas().sort_values(["product_id", "other_id"])
-    expected_pairs = (Catalog(spark, str(reference)).read("duplicates").toPandas()
-                      .sort_values(["product_id", "other_id"]))
-    assert got_pairs.reset_index(drop=True).equals(expected_pairs.reset_index(drop=True))
-    assert not set(changed["deleted"]) & set(tables.read("products").toPandas()["product_id"])
-    assert not set(changed["deleted"]) & set(features["product_id"])
-
-    # Nothing changed since: nothing is computed, nothing committed.
-    at = versions(Path(cfg.warehouse))
-    results = {}
-    for step in (ingest, featurize, neighbours, duplicates):
-        results[step.__name__] = result = step(spark, cfg)
-        assert "nothing committed" in result.summary, (step.__name__, result.summary)
-    assert versions(Path(cfg.warehouse)) == at
-    # Only new and changed images were decoded; the others were recognised by their sha256.
-    # Image files that made no product (bad inputs) are decoded on every run.
-    unproductive = results["ingest"].metrics["decoded"]
-    assert unproductive < results["ingest"].metrics["products"] / 4
-    assert ingested.metrics["decoded"] == len(changed["new"]) + len(changed["image"]) + unproductive
 
 
 @pytest.mark.parametrize("broadcast_max_bytes, same", [(0, []), (1 << 30, ["gender"])],
