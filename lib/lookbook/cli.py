@@ -19,8 +19,6 @@ import textwrap
 import zipfile
 from pathlib import Path
 
-import pandas as pd
-
 from .config import Config, ConfigError, config_yaml, load_config, valid_keys
 
 HELP = ("-h", "--help")
@@ -206,6 +204,8 @@ def _shown(value) -> str:
 
 
 def summary_table(rows: list[tuple[str, float, str]]) -> str:
+    import pandas as pd  # here: spark-submit.sh's options and --help need no pandas
+
     table = pd.DataFrame(rows, columns=["step", "seconds", "result"])
     table["seconds"] = table["seconds"].map(lambda s: f"{s:.1f}")
     return table.to_string(index=False)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import sys
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
 
 from .config import SparkSettings, TensorflowSettings
-from .io.tables import ENGINE_CONF
+from .io import ENGINE_CONF
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def spark_conf(spark: SparkSettings, tf: TensorflowSettings,
@@ -68,6 +70,8 @@ def build_spark(spark: SparkSettings, tf: TensorflowSettings,
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         # Python workers must run the driver's interpreter (the venv with our dependencies).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession  # here: spark-submit.sh's options need no Spark
+
     builder = SparkSession.builder.appName(spark.app_name)
     if spark.master:
         builder = builder.master(spark.master)

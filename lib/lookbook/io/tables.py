@@ -50,8 +50,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from ..faults import crash_point
+from . import ENGINE_CONF
 
-ENGINE_CONF = "spark.lookbook.table_engine"
 WRITE_MODES = ("overwrite", "append")
 LOG_DIR = "_delta_log"
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")

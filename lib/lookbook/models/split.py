@@ -12,9 +12,10 @@ Augmented copies carry their parent's `product_id` and therefore its part.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from pyspark.sql import Column
-from pyspark.sql import functions as F
+if TYPE_CHECKING:  # the Spark twins import it when called: the config checks fractions
+    from pyspark.sql import Column
 
 PARTS = ("train", "validation", "test")
 _HEX_DIGITS = 15  # 60 bits: exact in a double and in a Spark long
@@ -35,6 +36,8 @@ def hash_fraction(text: str) -> float:
 
 def hash_fraction_column(text: Column) -> Column:
     """`hash_fraction` of a string column, as a Spark column."""
+    from pyspark.sql import functions as F
+
     digits = F.substring(F.sha2(text, 256), 1, _HEX_DIGITS)
     return F.conv(digits, 16, 10).cast("double") / float(16 ** _HEX_DIGITS)
 
@@ -53,6 +56,8 @@ def split_of(product_id: int, train: float = 0.8, validation: float = 0.1, salt:
 def split_column(product_id: Column | str, train: float = 0.8, validation: float = 0.1,
                  salt: str = "") -> Column:
     """The part ("train", "validation" or "test") of each row's product id, as a Spark column."""
+    from pyspark.sql import functions as F
+
     check_fractions(train, validation)
     key = F.concat(F.lit(salt), F.col(product_id).cast("string")
                    if isinstance(product_id, str) else product_id.cast("string"))
