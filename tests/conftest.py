@@ -186,23 +186,38 @@ spark.stop()
 def jvm_class_archive():
     """Every JVM the tests start loads Spark's classes again: an AppCDS archive of them, dumped
     once by a short Spark driver (~40 s), saves each later driver about 6 s (six ingest jobs:
-    201 s -> 167 s). Kept in ~/.cache/lookbook/jvm per Java and Spark version. A JVM whose class
-    path differs (spark-submit's launcher, a cluster's daemons) ignores it, silently (cds
-    logging off)."""
+    201 s -> 167 s). Kept in ~/.cache/lookbook/jvm per Java and Spark version. The dump runs
+    beside the tests (nothing waits for it: a JVM started before it is done runs without it).
+    A JVM whose class path differs (spark-submit's launcher, a cluster's daemons) ignores it,
+    silently (cds logging off)."""
+    import threading
+
     import pyspark
 
     if "SharedArchiveFile" in os.environ.get("JAVA_TOOL_OPTIONS", ""):
+        yield
         return
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
     key = hashlib.sha256(f"{java}{pyspark.__file__}{pyspark.__version__}".encode()).hexdigest()
     archive = Path.home() / ".cache" / "lookbook" / "jvm" / f"spark-classes-{key[:16]}.jsa"
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with open(archive.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one dump for every test process
-        if not archive.exists() and not dump_class_archive(archive):
-            return
-    os.environ["JAVA_TOOL_OPTIONS"] += (f" -XX:SharedArchiveFile={archive}"
-                                        " -Xlog:cds=off -Xlog:cds+dynamic=off")
+
+    def use_archive() -> None:
+        with open(archive.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one dump for every test process
+            if not archive.exists() and not dump_class_archive(archive):
+                return
+        os.environ["JAVA_TOOL_OPTIONS"] += (f" -XX:SharedArchiveFile={archive}"
+                                            " -Xlog:cds=off -Xlog:cds+dynamic=off")
+
+    if archive.exists():
+        use_archive()
+        yield
+        return
+    dumping = threading.Thread(target=use_archive, name="jvm-class-archive", daemon=True)
+    dumping.start()
+    yield
+    dumping.join()
 
 
 def dump_class_archive(archive: Path) -> bool:
@@ -284,17 +299,25 @@ def make_shared_catalogue(root: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def featured_build(spark) -> Path:
+def weights_cache() -> Path:
+    """The ImageNet VGG16 weights converted once (no Spark: unit tests use them too). A cache:
+    tests may add other backbones' weights to it."""
+    from lookbook.features.backbones import resolve_weights
+
+    return built_once("weights", lambda root: resolve_weights("vgg16", "imagenet", str(root)))
+
+
+@pytest.fixture(scope="session")
+def featured_build(spark, weights_cache) -> Path:
     """The shared catalogue (catalogue/, what it holds in made.json), ingested and featurized
-    in-process (ImageNet VGG16, default settings) into warehouse/, with the converted weights
-    in weights/."""
+    in-process (ImageNet VGG16, default settings) into warehouse/."""
     from lookbook.pipelines.catalogue_steps import ingest
     from lookbook.pipelines.feature_steps import featurize
 
     def build(root: Path) -> None:
         made = make_shared_catalogue(root / "catalogue")
         (root / "made.json").write_text(json.dumps(made))
-        cfg = config_for(root / "catalogue", root / "warehouse", root / "weights")
+        cfg = config_for(root / "catalogue", root / "warehouse", weights_cache)
         ingest(spark, cfg)
         featurize(spark, cfg)
 
@@ -308,17 +331,10 @@ def catalogue(featured_build) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def weights_cache(featured_build) -> Path:
-    """The converted ImageNet weights of the shared warehouse (a cache: tests may add to it)."""
-    return featured_build / "weights"
-
-
-@pytest.fixture(scope="session")
-def featurized(featured_build) -> Config:
+def featurized(featured_build, weights_cache) -> Config:
     """The shared catalogue ingested and featurized. Read only: a test that writes any table
     works on a copy (`warehouse_copy`, `copy_warehouse`)."""
-    return config_for(featured_build / "catalogue", featured_build / "warehouse",
-                      featured_build / "weights")
+    return config_for(featured_build / "catalogue", featured_build / "warehouse", weights_cache)
 
 
 @pytest.fixture
@@ -328,7 +344,7 @@ def warehouse_copy(featurized, tmp_path) -> Config:
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(featured_build) -> tuple[str, Config]:
+def pipeline_run(featured_build, weights_cache) -> tuple[str, Config]:
     """`./spark-submit.sh pipeline name=full` as a user runs it, on the shared catalogue into
     a new warehouse: its output and config. Read only: the e2e tests that refresh, serve or
     query it work on copies."""
@@ -338,12 +354,10 @@ def pipeline_run(featured_build) -> tuple[str, Config]:
         # A relative data_dir, as users give it: params of the steps must not clash with config
         # keys.
         out = submit("pipeline", "name=full", *settings_for(
-            os.path.relpath(catalogue_dir, REPO), root / "warehouse", featured_build / "weights",
-            *PIPELINE_SETTINGS))
+            os.path.relpath(catalogue_dir, REPO), root / "warehouse", weights_cache, *PIPELINE_SETTINGS))
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         (root / "output.txt").write_text(out.stdout)
 
     root = built_once("pipeline", build, read_only=("warehouse",))
     return ((root / "output.txt").read_text(),
-            config_for(catalogue_dir, root / "warehouse", featured_build / "weights",
-                       *PIPELINE_SETTINGS))
+            config_for(catalogue_dir, root / "warehouse", weights_cache, *PIPELINE_SETTINGS))
