@@ -125,7 +125,7 @@ def compared(spark, featurized, tmp_path_factory, monkeypatch_module):
     cfg = copy_warehouse(featurized, tmp_path_factory.mktemp("compare") / "warehouse",
                          "compare.backbones=vgg16,efficientnetlite0,mobilenetv2",
                          "compare.sizes=80x60,40x32", "compare.precisions=fp32",
-                         "compare.photo_queries=24", "train.epochs=3")
+                         "compare.photo_queries=24", "train.epochs=1")
     warehouse = Path(cfg.warehouse)
     monkeypatch_module.setenv("LOOKBOOK_FAIL_AT", f"compare.combination:{FAILING}")
     lines = []

@@ -37,7 +37,7 @@ def notebook_config(run, tmp_path: Path) -> Path:
     settings = {"data_dir": run.data_dir, "warehouse": str(warehouse),
                 "spark": {"master": "local[2]", "driver_memory": "2g"},
                 "featurize": {"weights_cache": run.featurize.weights_cache},
-                "train": {"epochs": 4}}
+                "train": {"epochs": 2}}
     for key, value in (item.split("=", 1) for item in PINNED):
         section, name = key.split(".")
         settings[section][name] = value
