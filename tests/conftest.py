@@ -257,8 +257,12 @@ def spark():
         SparkSettings(master="local[2]", app_name="lookbook-tests", driver_memory="3g",
                       shuffle_partitions=4,
                       # No UI server (JAVA_TOOL_OPTIONS above keeps the JVM from C2: 7 % of
-                      # `make test-fast`).
-                      conf={"spark.ui.enabled": "false"}),
+                      # `make test-fast`). No adaptive execution: on frames of a few hundred
+                      # rows each of its query stages is a Spark job of its own (an
+                      # incremental neighbours update: 143 jobs, 12.7 s; without: 63, 8.7 s),
+                      # and no result may depend on it. The jobs (tests/e2e) run with it, as
+                      # users do.
+                      conf={"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"}),
         TensorflowSettings())
     yield session
     session.stop()
