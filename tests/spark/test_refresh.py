@@ -46,6 +46,7 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
              for r in df.itertuples()], schema)
 
     old, _ = nearest_neighbours(frame(before), k, 64, broadcast_max_bytes, same)
+    old = old.persist()  # as the step's, read from its table: not computed again at each use
     update = update_neighbours(old, frame(after), frame(before).drop("embedding"), k=k,
                                block_rows=64, broadcast_max_bytes=broadcast_max_bytes, same=same)
     replaced = update.rows.select("product_id").unionByName(update.removed)
@@ -54,6 +55,7 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
     full, _ = nearest_neighbours(frame(after), k, 64, broadcast_max_bytes, same)
     expected = full.toPandas().sort_values(["product_id", "rank"]).reset_index(drop=True)
     update.release()
+    old.unpersist()
     assert got.equals(expected)
     assert_exact_top_k(got, after["product_id"], np.stack(after["embedding"]), k,
                        images=after["sha256"], groups=after["gender"] if same else None)
