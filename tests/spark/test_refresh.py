@@ -39,20 +39,22 @@ def test_updating_neighbours_is_exact_after_adds_changes_and_deletes(spark, broa
                           "sha256": ["dup", "s90", "a1", "a2"], "gender": ["Men"] * 4})
     after = pd.concat([after, added], ignore_index=True)
     schema = "product_id long, embedding array<float>, sha256 string, gender string"
+    # Two blocks of 150 (on 2 cores): with broadcast_max_bytes=0, two chunks whose lists merge.
+    block_rows = 150
 
     def frame(df):
         return spark.createDataFrame(
             [(int(r.product_id), [float(x) for x in r.embedding], r.sha256, r.gender)
              for r in df.itertuples()], schema)
 
-    old, _ = nearest_neighbours(frame(before), k, 64, broadcast_max_bytes, same)
+    old, _ = nearest_neighbours(frame(before), k, block_rows, broadcast_max_bytes, same)
     old = old.persist()  # as the step's, read from its table: not computed again at each use
     update = update_neighbours(old, frame(after), frame(before).drop("embedding"), k=k,
-                               block_rows=64, broadcast_max_bytes=broadcast_max_bytes, same=same)
+                               block_rows=block_rows, broadcast_max_bytes=broadcast_max_bytes, same=same)
     replaced = update.rows.select("product_id").unionByName(update.removed)
     table = old.join(replaced, "product_id", "left_anti").unionByName(update.rows)
     got = table.toPandas().sort_values(["product_id", "rank"]).reset_index(drop=True)
-    full, _ = nearest_neighbours(frame(after), k, 64, broadcast_max_bytes, same)
+    full, _ = nearest_neighbours(frame(after), k, block_rows, broadcast_max_bytes, same)
     expected = full.toPandas().sort_values(["product_id", "rank"]).reset_index(drop=True)
     update.release()
     old.unpersist()
