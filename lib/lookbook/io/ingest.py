@@ -393,10 +393,13 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
                                  .withColumn("_has_row", F.lit(True))), "product_id", "left")
                .join(F.broadcast(rejected_rows), "product_id", "left")
                .persist(StorageLevel.MEMORY_AND_DISK))
-    decoded.count()  # decode every image once, in parallel, before anything coalesces
+    # Decode every image once, in parallel, before anything coalesces; the names of the files
+    # read and the summary's counts of them come with it.
+    names, decoded_files, read_bytes = decoded.agg(
+        F.collect_list("image_file"), F.count_if("_decoded"), F.sum("length")).first()
+    scanned, read_files = set(names), len(names)
 
     # Every listed file the scan did not return gets its reason from the driver.
-    scanned = {r[0] for r in decoded.select("image_file").collect()}
     unread = []
     for f in listed:
         if f.name in scanned:
@@ -445,7 +448,9 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
     rejects = (styles_bad.unionByName(unreadable_bad).unionByName(image_bad)
                .unionByName(row_left).coalesce(1).persist())
 
-    total_bytes = files.agg(F.sum("length")).first()[0] or 0
+    unread_files, unread_bytes = unreadable.agg(
+        F.count("*"), F.sum(F.when(F.col("_top"), F.col("length")))).first()
+    total_bytes = (read_bytes or 0) + (unread_bytes or 0)
     result = IngestResult(
         products=products.coalesce(max(1, -(-total_bytes // target_file_bytes))),
         rejects=rejects,
@@ -453,11 +458,11 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
     lines = styles.agg(F.count_if(F.col("reason") == BLANK_LINE), F.count("*")).first()
     result.blank_lines = lines[0]
     result.styles_rows = lines[1] - lines[0]
-    result.image_files = decoded.count() + unreadable.count()
-    result.decoded = decoded.where("_decoded").count()
-    result.ingested = result.products.count()
+    result.image_files = read_files + unread_files
+    result.decoded = decoded_files
     result.rejects_by_reason = _counts(rejects, F.regexp_replace("reason", r"[0-9]+", "N"))
     result.per_class = _counts(result.products, F.coalesce("master_category", F.lit("(none)")))
+    result.ingested = sum(result.per_class.values())
     result.seconds = time.time() - started
     return result
 
