@@ -173,6 +173,8 @@ def merge_table(upserts: DataFrame, removed: DataFrame | None, path: str,
     gone = _matches(upserts, removed, match_on).persist()
     try:
         files = _snapshot_files(uri, base)
+        if gone.isEmpty():  # it holds every upsert's key: nothing to add or remove
+            return Written(None, files_kept=len(files))
         touched = _files_holding(spark, files, gone, match_on)
         if not touched and upserts.isEmpty():
             return Written(None, files_kept=len(files))
