@@ -448,6 +448,8 @@ def ingest_catalogue(spark: SparkSession, data_dir: str, max_image_pixels: int,
     rejects = (styles_bad.unionByName(unreadable_bad).unionByName(image_bad)
                .unionByName(row_left).coalesce(1).persist())
 
+    # The bytes of `files` (the read files and the unread top-level ones), in the job that
+    # counts the unread files.
     unread_files, unread_bytes = unreadable.agg(
         F.count("*"), F.sum(F.when(F.col("_top"), F.col("length")))).first()
     total_bytes = (read_bytes or 0) + (unread_bytes or 0)
